@@ -1,0 +1,245 @@
+"""The Python API: pretrain, transfer, evaluate, predict. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .data import TaskDataset, apply_budget, load_dataset, parse_budget
+from .data.tabular import TabularEncoder
+from .errors import MedTransferError
+from .evaluation import compute_metrics
+from .models.backbones import Classifier, default_spec, describe
+from .models.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .models.sources import Source, check_compatible, is_dataset_spec, load_source_model
+from .runs import check_writable, commit_dir, default_run_dir, predictions_frame, staging_dir, write_json
+from .strategies import TransferContext, get_strategy
+from .strategies.baselines import TabularBaseline
+from .training.loop import TrainConfig, predict_proba
+
+# Per-modality training defaults; every one can be overridden by the caller.
+DEFAULTS = {
+    "image2d": dict(epochs=15, batch_size=64, lr=1e-3, patience=5, augment=True),
+    "image3d": dict(epochs=20, batch_size=16, lr=1e-3, patience=5, augment=True),
+    "tabular": dict(epochs=100, batch_size=32, lr=3e-3, patience=20, augment=False),
+}
+
+
+@dataclass
+class RunResult:
+    model: Classifier
+    metrics: dict  # {"val": {...}, "test": {...}, "fit": {...}}
+    predictions: pd.DataFrame
+    config: dict
+    out: Path | None = None
+    dataset: TaskDataset | None = field(default=None, repr=False)
+
+
+def train_config(modality: str, seed: int, **overrides) -> TrainConfig:
+    values = dict(DEFAULTS[modality])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(seed=seed, **values)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEDTRANSFER_CACHE", "~/.cache/medtransfer")).expanduser()
+
+
+def pretrain(data: str, *, backbone: str | None = None, out: str | Path | None = None, seed: int = 0,
+             overwrite: bool = False, **options) -> RunResult:
+    """Supervised pretraining on a (large) source dataset: a scratch run with every label."""
+    return transfer(data, strategy="scratch", source=None, backbone=backbone, out=out, seed=seed,
+                    overwrite=overwrite, **options)
+
+
+def cached_source(source_data: str, backbone: str | None, seed: int, options: dict) -> Path:
+    """Pretrain on a source dataset once per (dataset, backbone, settings); later calls reuse it."""
+    keep = {k: options.get(k) for k in ("image_size", "data_root", "target", "group", "accelerator")}
+    keep["epochs"] = options.get("source_epochs")
+    key = json.dumps({"data": source_data, "backbone": backbone, "seed": seed, **keep}, sort_keys=True, default=str)
+    folder = cache_dir() / "sources" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if not (folder / "model.json").is_file():
+        settings = {k: v for k, v in keep.items() if k != "epochs"}
+        pretrain(source_data, backbone=backbone, out=folder, seed=seed, overwrite=True, save=True,
+                 epochs=keep["epochs"], progress=options.get("progress", True), **settings)
+    return folder
+
+
+def transfer(data: str, strategy: str = "full", source: str | None = None, *, budget=None, seed: int = 0,
+             backbone: str | None = None, out: str | Path | None = None, overwrite: bool = False,
+             save: bool = True, data_root=None, target: str | None = None, group: str | None = None,
+             image_size: int | None = None, epochs: int | None = None, lr: float | None = None,
+             batch_size: int | None = None, patience: int | None = None, augment: bool | None = None,
+             source_epochs: int | None = None, accelerator: str = "auto", n_boot: int = 1000,
+             progress: bool = True) -> RunResult:
+    """Move a source model (or none, for `scratch`) to the target dataset `data` with `strategy`,
+    using at most `budget` labelled target examples; evaluate on the target's test split."""
+    started = time.perf_counter()
+    chosen = get_strategy(strategy)
+    parse_budget(budget)
+    if save:
+        out = Path(out) if out else default_run_dir(data, strategy, budget or "all", f"s{seed}")
+        check_writable(out, overwrite)
+    load_opts = dict(data_root=data_root, target=target, group=group)
+
+    src, source_data = None, None
+    if source and is_dataset_spec(source):
+        source_data = load_dataset(source, **load_opts)
+        if not isinstance(chosen, TabularBaseline) and chosen.name != "scratch":
+            folder = cached_source(source, backbone, 0, dict(load_opts, image_size=image_size,
+                                   source_epochs=source_epochs, accelerator=accelerator, progress=progress))
+            model, meta = load_checkpoint(folder)
+            src = Source(model, f"pretrained on {source} ({folder})", meta["classes"], meta.get("encoder"))
+    elif source:
+        modality, channels = peek_input(data, load_opts)
+        src = load_source_model(source, modality, channels, backbone, image_size)
+
+    encoder = source_data.encoder if source_data is not None else None
+    if encoder is None and src is not None and src.encoder:
+        encoder = TabularEncoder.from_dict(src.encoder)
+    dataset = load_dataset(data, **load_opts, encoder=encoder)
+    features = dataset.info.get("features")
+    if src is not None:
+        check_compatible(src.model, dataset.modality, dataset.in_channels, features)
+    budgeted = apply_budget(dataset, budget, seed)
+
+    if src is not None:
+        architecture, spec = src.model.architecture, src.model.spec
+    else:
+        architecture = describe(backbone, dataset.modality, dataset.in_channels, len(features or []))
+        spec = default_spec(dataset.modality, dataset.in_channels, features, image_size)
+    config = train_config(dataset.modality, seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                          patience=patience, augment=augment)
+    config.accelerator, config.progress = accelerator, progress
+    ctx = TransferContext(budgeted, config, architecture, spec, src.model if src else None, source_data,
+                          src.classes if src else None)
+    model = chosen.run(ctx)
+
+    metrics, frames = {}, []
+    for split_name in ("val", "test"):  # the test split is touched once, here, after selection
+        split = budgeted.split(split_name)
+        prob = predict_proba(model, split.x, dataset.task)
+        metrics[split_name] = compute_metrics(split.y.numpy(), prob, dataset.task, n_boot=n_boot, seed=seed)
+        frames.append(predictions_frame(split_name, split.y.numpy(), prob, dataset.classes))
+    fit = ctx.fit_result
+    metrics["fit"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "val_score": fit.best_score,
+                      "seconds": round(fit.seconds, 3)} if fit else {}
+    metrics["fit"]["total_seconds"] = round(time.perf_counter() - started, 3)
+    resolved = {
+        "data": data, "strategy": strategy, "source": source, "source_description": src.description if src else None,
+        "budget": budget, "n_train_labels": len(budgeted.train), "n_val_labels": len(budgeted.val),
+        "n_test": len(budgeted.test), "seed": seed, "backbone": architecture.get("name"),
+        "architecture": architecture, "input": spec.to_dict(), "train": asdict(config), "target": target,
+        "group": group, "data_root": str(data_root) if data_root else None, "classes": dataset.classes,
+        "task": dataset.task, "versions": versions(),
+    }
+    result = RunResult(model, metrics, pd.concat(frames, ignore_index=True), resolved, None, budgeted)
+    if save:
+        write_run(result, out, dataset, fit.history if fit else [])
+        result.out = out
+    return result
+
+
+def peek_input(data: str, load_opts: dict) -> tuple[str, int]:
+    """Modality and channel count of the target, to build a weights-file source to match."""
+    dataset = load_dataset(data, **load_opts)
+    return dataset.modality, dataset.in_channels
+
+
+def versions() -> dict:
+    import timm
+    return {"medtransfer": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[dict]) -> None:
+    stage = staging_dir(out)
+    encoder = dataset.encoder.to_dict() if dataset.encoder is not None else None
+    provenance = {k: result.config[k] for k in ("data", "strategy", "source", "source_description", "budget",
+                                                "n_train_labels", "seed", "versions")}
+    provenance["test_metrics"] = {k: v["value"] for k, v in result.metrics["test"].items()}
+    save_checkpoint(stage, result.model, dataset.task, dataset.classes, encoder, provenance)
+    write_json(stage / "config.json", result.config)
+    write_json(stage / "metrics.json", result.metrics)
+    result.predictions.to_csv(stage / "predictions.csv", index=False)
+    lines = [f"medtransfer {__version__} run: {result.config['strategy']} on {result.config['data']}",
+             *(json.dumps(h) for h in history),
+             f"test: " + ", ".join(f"{k}={v['value']:.4f}" for k, v in result.metrics["test"].items())]
+    (stage / "log.txt").write_text("\n".join(lines) + "\n")
+    commit_dir(stage, out)
+
+
+def evaluate(run: str | Path, data: str | None = None, split: str = "test", data_root=None,
+             n_boot: int = 1000, seed: int = 0) -> dict:
+    """Metrics (with 95% CIs) of a saved run on a split of its own or another dataset."""
+    run = Path(run)
+    model, meta = load_checkpoint(run)
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    data = data or config.get("data")
+    if not data:
+        raise MedTransferError(f"{run} does not record its dataset: pass --data")
+    encoder = TabularEncoder.from_dict(meta["encoder"]) if meta.get("encoder") else None
+    dataset = load_dataset(data, data_root=data_root or config.get("data_root"), target=config.get("target"),
+                           group=config.get("group"), encoder=encoder)
+    check_compatible(model, dataset.modality, dataset.in_channels, dataset.info.get("features"))
+    if dataset.classes != meta["classes"]:
+        raise MedTransferError(f"class mismatch: the model predicts {meta['classes']}, {data} has {dataset.classes}")
+    part = dataset.split(split)
+    prob = predict_proba(model, part.x, dataset.task)
+    return compute_metrics(part.y.numpy(), prob, dataset.task, n_boot=n_boot, seed=seed)
+
+
+def predict(run: str | Path, inputs: str, data_root=None) -> pd.DataFrame:
+    """Class probabilities of a saved run for new inputs: a CSV of patients, image files or a folder of
+    images, or a dataset spec (its test split)."""
+    from .data.folder import IMAGE_EXTENSIONS, decode_images
+
+    run = Path(run)
+    model, meta = load_checkpoint(run)
+    classes, task = meta["classes"], meta["task"]
+    path = Path(inputs).expanduser()
+    if meta.get("encoder") and path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise MedTransferError(f"CSV file {path} not found")
+        frame = pd.read_csv(path)
+        x = torch.from_numpy(TabularEncoder.from_dict(meta["encoder"]).transform(frame))
+        ids = frame.index.astype(str)
+    elif path.exists() and meta["input"]["modality"] == "image2d":
+        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*"))
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        if not files:
+            raise MedTransferError(f"no PNG/JPEG/DICOM images in {path}")
+        channels = meta["input"]["channels"]
+        x = decode_images(files, meta["input"]["size"], 1 if channels == 3 else channels)
+        ids = [str(f) for f in files]
+    elif is_dataset_spec(inputs):
+        encoder = TabularEncoder.from_dict(meta["encoder"]) if meta.get("encoder") else None
+        dataset = load_dataset(inputs, data_root=data_root, encoder=encoder)
+        x, ids = dataset.test.x, [f"test/{i}" for i in range(len(dataset.test))]
+    else:
+        raise MedTransferError(f"cannot predict on {inputs!r}: give a CSV file, an image or folder of images, "
+                               "or a dataset such as medmnist:pneumoniamnist")
+    prob = predict_proba(model, x, task)
+    frame = pd.DataFrame(prob, columns=[f"prob_{c}" for c in classes])
+    frame.insert(0, "input", list(ids))
+    if task != "multilabel":
+        frame["predicted"] = [classes[i] for i in prob.argmax(1)]
+    return frame
+
+
+def summary_row(result: RunResult, metric: str = "auc") -> dict:
+    m = result.metrics["test"][metric]
+    return {"strategy": result.config["strategy"], "value": m["value"], "ci": m["ci"]}
+
+
+__all__ = ["pretrain", "transfer", "evaluate", "predict", "RunResult", "read_meta"]

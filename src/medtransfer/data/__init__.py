@@ -1,0 +1,36 @@
+"""Datasets by scheme: `medmnist:<flag>[@size]`, `folder:<path>`, `csv:<path>`, `heart:<site>`."""
+
+from __future__ import annotations
+
+from .base import Split, TaskDataset
+from .budget import apply_budget, parse_budget
+from ..errors import MedTransferError
+
+SCHEMES = {
+    "medmnist": "official MedMNIST .npz from the data root, e.g. medmnist:pneumoniamnist or medmnist:adrenalmnist3d@64",
+    "folder": "one sub-folder per class (PNG/JPEG/DICOM), optional train/val/test folders, e.g. folder:./xrays",
+    "csv": "a table with --target COLUMN (and --group COLUMN for patient-level splits), e.g. csv:./labs.csv",
+    "heart": "built-in UCI Heart Disease site: cleveland, hungary, switzerland or va, e.g. heart:hungary",
+}
+
+
+def load_dataset(spec: str, *, data_root=None, target: str | None = None, group: str | None = None,
+                 encoder=None, split_seed: int = 0) -> TaskDataset:
+    """Load a dataset named by `scheme:argument`. `encoder` (tabular) reuses a source's encoding."""
+    scheme, sep, arg = str(spec).partition(":")
+    if not sep or scheme not in SCHEMES or not arg:
+        raise MedTransferError(f"bad dataset {spec!r}: use one of " + "; ".join(
+            f"{name}:… ({text})" for name, text in SCHEMES.items()))
+    if scheme == "medmnist":
+        from .medmnist import load_medmnist
+        return load_medmnist(arg, data_root)
+    if scheme == "folder":
+        from .folder import load_folder
+        return load_folder(arg, seed=split_seed)
+    from .tabular import load_csv, load_heart
+    if scheme == "csv":
+        return load_csv(arg, target, group, encoder=encoder, split_seed=split_seed)
+    return load_heart(arg, encoder=encoder, split_seed=split_seed)
+
+
+__all__ = ["Split", "TaskDataset", "load_dataset", "apply_budget", "parse_budget", "SCHEMES"]

@@ -1,0 +1,170 @@
+"""Tabular clinical data: `csv:<path>` and the built-in UCI Heart Disease sites (`heart:<site>`).
+
+Numeric columns are median-imputed and standardised, categorical ones one-hot encoded (missing
+is its own level), with the statistics fitted on the training split only. The fitted encoder is
+plain JSON, so it travels in a checkpoint and a target site is encoded exactly like the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from ..errors import MedTransferError
+from .base import Split, TaskDataset
+
+HEART_SITES = {"cleveland": "Cleveland", "hungary": "Hungary", "switzerland": "Switzerland",
+               "va": "VA Long Beach"}
+MISSING = "<missing>"
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    return values.astype(object).where(values.notna(), MISSING).astype(str)
+
+
+@dataclass
+class TabularEncoder:
+    numeric: dict[str, tuple[float, float, float]]  # column -> (median, mean, std)
+    categorical: dict[str, list[str]]  # column -> levels seen in training (+ MISSING)
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, columns: list[str]) -> "TabularEncoder":
+        numeric, categorical = {}, {}
+        for col in columns:
+            values = frame[col]
+            if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+                filled = values.fillna(values.median() if values.notna().any() else 0.0)
+                std = float(filled.std(ddof=0)) or 1.0
+                numeric[col] = (float(filled.median()), float(filled.mean()), std)
+            else:
+                categorical[col] = sorted(set(as_text(values)) - {MISSING}) + [MISSING]
+        return cls(numeric, categorical)
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = list(self.numeric)
+        for col, levels in self.categorical.items():
+            names += [f"{col}={level}" for level in levels]
+        return names
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in [*self.numeric, *self.categorical] if c not in frame.columns]
+        if missing:
+            raise MedTransferError(f"columns {missing} are missing; this encoding expects them")
+        parts = []
+        for col, (median, mean, std) in self.numeric.items():
+            values = pd.to_numeric(frame[col], errors="coerce").fillna(median).to_numpy(float)
+            parts.append(((values - mean) / std)[:, None])
+        for col, levels in self.categorical.items():
+            values = as_text(frame[col])
+            values = values.where(values.isin(levels), MISSING)  # unseen level -> missing
+            parts.append((values.to_numpy()[:, None] == np.array(levels)[None, :]).astype(float))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TabularEncoder":
+        return cls({k: tuple(v) for k, v in data["numeric"].items()}, dict(data["categorical"]))
+
+
+def split_indices(y: np.ndarray, groups: np.ndarray | None, seed: int, val_fraction: float,
+                  test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded stratified train/val/test indices; with groups, no group spans two splits."""
+    index = np.arange(len(y))
+    if groups is None:
+        rest, test = train_test_split(index, test_size=test_fraction, stratify=y, random_state=seed)
+        train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
+                                      stratify=y[rest], random_state=seed)
+        return train, val, test
+
+    def group_split(idx, fraction):
+        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
+        keep, held = next(folds.split(idx, y[idx], groups[idx]))
+        return idx[keep], idx[held]
+
+    rest, test = group_split(index, test_fraction)
+    train, val = group_split(rest, val_fraction / (1 - test_fraction))
+    return train, val, test
+
+
+def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str | None = None,
+                     drop: tuple[str, ...] = (), encoder: TabularEncoder | None = None,
+                     classes: list[str] | None = None, split_seed: int = 0,
+                     val_fraction: float = 0.15, test_fraction: float = 0.3) -> TaskDataset:
+    for col in [target, *([group] if group else [])]:
+        if col not in frame.columns:
+            raise MedTransferError(f"column {col!r} not in {name}; columns are: {', '.join(frame.columns)}")
+    if frame[target].isna().any():
+        rows = list(frame.index[frame[target].isna()][:5])
+        raise MedTransferError(f"{name}: target column {target!r} has missing labels (rows {rows}); "
+                               "drop or fill those rows first")
+    labels = frame[target].astype(str)
+    classes = classes or sorted(labels.unique())
+    unknown = set(labels) - set(classes)
+    if unknown:
+        raise MedTransferError(f"{name}: labels {sorted(unknown)} are not among the classes {classes}")
+    if len(classes) < 2:
+        raise MedTransferError(f"{name}: target {target!r} has a single class {classes}; need two or more")
+    y = labels.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    groups = frame[group].astype(str).to_numpy() if group else None
+    try:
+        parts = split_indices(y, groups, split_seed, val_fraction, test_fraction)
+    except ValueError as exc:
+        raise MedTransferError(f"{name}: cannot make a stratified split ({exc}); each class needs "
+                               "several rows") from None
+    features = [c for c in frame.columns if c not in {target, group, *drop}]
+    encoder = encoder or TabularEncoder.fit(frame.iloc[parts[0]], features)
+    x = torch.from_numpy(encoder.transform(frame))
+    y = torch.from_numpy(y)
+    train, val, test = (Split(x[idx], y[idx]) for idx in parts)
+    for split_name, split in (("train", train), ("val", val), ("test", test)):
+        absent = [classes[c] for c in range(len(classes)) if not (split.y == c).any()]
+        if absent:
+            raise MedTransferError(f"{name}: class {absent} missing from the {split_name} split; "
+                                   "add rows of that class or merge classes")
+    return TaskDataset(name=name, modality="tabular", task="binary" if len(classes) == 2 else "multiclass",
+                       classes=classes, train=train, val=val, test=test, encoder=encoder,
+                       info={"features": encoder.feature_names, "rows": len(frame)})
+
+
+def load_csv(path: str | Path, target: str | None, group: str | None = None,
+             encoder: TabularEncoder | None = None, split_seed: int = 0) -> TaskDataset:
+    path = Path(path).expanduser()
+    if not target:
+        raise MedTransferError(f"csv:{path} needs --target COLUMN naming the label column")
+    if not path.is_file():
+        raise MedTransferError(f"CSV file {path} not found")
+    try:
+        frame = pd.read_csv(path)
+    except Exception as exc:
+        raise MedTransferError(f"{path} is not a readable CSV ({exc.__class__.__name__}: {exc})") from None
+    return frame_to_dataset(frame, target, f"csv:{path.name}", group=group, encoder=encoder,
+                            split_seed=split_seed)
+
+
+def heart_frame() -> pd.DataFrame:
+    with resources.files("medtransfer.data.resources").joinpath("heart_disease_uci.csv").open() as f:
+        frame = pd.read_csv(f)
+    frame["chol"] = frame["chol"].replace(0, np.nan)  # 0 = not measured (Switzerland)
+    frame["disease"] = np.where(frame.pop("num") > 0, "disease", "no disease")
+    return frame.drop(columns=["id"])
+
+
+def load_heart(site: str, encoder: TabularEncoder | None = None, split_seed: int = 0) -> TaskDataset:
+    """One hospital of UCI Heart Disease. Half of each site is its test set (stratified, fixed by
+    split_seed): the sites are small and Switzerland has only 8 patients without disease."""
+    key = site.strip().lower()
+    if key not in HEART_SITES:
+        raise MedTransferError(f"unknown heart site {site!r}; choose one of: {', '.join(HEART_SITES)}")
+    frame = heart_frame()
+    frame = frame[frame.pop("dataset") == HEART_SITES[key]].reset_index(drop=True)
+    return frame_to_dataset(frame, "disease", f"heart:{key}", encoder=encoder,
+                            classes=["no disease", "disease"], split_seed=split_seed, test_fraction=0.5)

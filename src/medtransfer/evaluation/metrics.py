@@ -1,0 +1,240 @@
+"""Test-set metrics with 95% bootstrap confidence intervals, for binary, multiclass and multilabel tasks.
+
+Why this shape: small medical test sets make point estimates noisy, so every metric comes with a
+percentile bootstrap CI. The bootstrap is vectorised by expressing each resample as a row of
+multiplicities ``w`` (how often each of the N samples was drawn; rows sum to N). Every metric is then a
+weighted sum over the *original* samples — a matrix product — and AUC is a weighted Mann–Whitney
+statistic computed from one sort of the scores. The point estimate is the same code with ``w = 1``,
+so point values and resamples can never disagree in definition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TASKS = ("binary", "multiclass", "multilabel")
+_CHUNK = 4_000_000  # max resamples x samples per weight chunk, bounds memory for large test sets
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def compute_metrics(y_true, prob, task: str, n_boot: int = 1000, seed: int = 0, threshold: float = 0.5) -> dict:
+    """All metrics for ``task`` as ``{name: {"value": float, "ci": [low, high]}}`` (95% percentile bootstrap).
+
+    Resamples where a metric is undefined (e.g. one class only, for AUC) are skipped for that metric;
+    an undefined value is ``nan`` with ci ``[nan, nan]``. ``n_boot=0`` skips the bootstrap (ci is nan).
+    """
+    y, p = _validate(y_true, prob, task)
+    fn = {"binary": _binary, "multiclass": _multiclass, "multilabel": _multilabel}[task]
+    point = fn(np.ones((1, len(y))), y, p, threshold)
+    chunks = [fn(w, y, p, threshold) for w in _weight_chunks(len(y), n_boot, seed)]
+    return {
+        name: {
+            "value": float(value[0]),
+            "ci": _percentile_ci(np.concatenate([c[name] for c in chunks]) if chunks else np.empty(0)),
+        }
+        for name, value in point.items()
+    }
+
+
+def auc_paired_mean_ci(y_true, probs: list, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean AUC of K models scored on the same binary test set, with a CI from paired resampling.
+
+    Every model is evaluated on the same resample indices, so the CI reflects test-set sampling noise of
+    the K-model mean (rather than treating the K models' AUCs as independent draws).
+    """
+    if not probs:
+        raise ValueError("auc_paired_mean_ci: probs is empty; pass one probability array per model.")
+    pairs = [_validate(y_true, p, "binary") for p in probs]
+    y = pairs[0][0]
+    scores = [p[:, 1] for _, p in pairs]
+
+    def mean_auc(w):
+        return np.mean([_weighted_auc(w, y == 1, s) for s in scores], axis=0)
+
+    boots = [mean_auc(w) for w in _weight_chunks(len(y), n_boot, seed)]
+    return {
+        "value": float(mean_auc(np.ones((1, len(y))))[0]),
+        "ci": _percentile_ci(np.concatenate(boots) if boots else np.empty(0)),
+    }
+
+
+def binary_auc(y_true, score) -> float:
+    """ROC AUC for 0/1 labels (``score``: positive-class score (N,) or probabilities (N, 2)); nan if one class only.
+
+    Never raises on a single-class validation set, which is why early stopping uses it instead of sklearn.
+    """
+    y = np.asarray(y_true).reshape(-1)
+    s = np.asarray(score, dtype=float)
+    s = s[:, -1] if s.ndim == 2 else s
+    if s.shape != y.shape:
+        raise ValueError(f"binary_auc: y_true has {y.shape[0]} samples but score has shape {np.shape(score)}.")
+    return float(_weighted_auc(np.ones((1, len(y))), y == 1, s)[0])
+
+
+def expected_calibration_error(y_true, prob_pos, n_bins: int = 10) -> float:
+    """Reliability ECE (Naeini 2015 / Guo 2017): sum over equal-width bins of bin weight x |mean label - mean prob|."""
+    y = np.asarray(y_true, dtype=float).reshape(-1)
+    q = np.asarray(prob_pos, dtype=float).reshape(-1)
+    if y.shape != q.shape:
+        raise ValueError(f"expected_calibration_error: {y.size} labels but {q.size} probabilities.")
+    return float(_ece(np.ones((1, len(y))), y, q, n_bins)[0])
+
+
+# ----------------------------------------------------------------------------- validation & bootstrap
+
+
+def _validate(y_true, prob, task):
+    """Return (y, p) as numpy arrays in canonical shapes, or raise ValueError saying what is wrong."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
+    y, p = np.asarray(y_true), np.asarray(prob, dtype=float)
+    if task == "binary" and p.ndim == 1:  # positive-class probabilities are accepted too
+        p = np.stack([1 - p, p], axis=1)
+    if p.ndim != 2 or len(p) == 0:
+        raise ValueError(f"prob must be a non-empty 2-D array (N, C), got shape {p.shape}.")
+    if not np.isfinite(p).all():
+        raise ValueError("prob contains NaN or infinite values.")
+    if p.min() < 0 or p.max() > 1:
+        raise ValueError("prob must lie in [0, 1]; pass probabilities (softmax/sigmoid), not logits.")
+    n, c = p.shape
+    if task == "multilabel":
+        if y.shape != p.shape:
+            raise ValueError(f"multilabel: y_true shape {y.shape} does not match prob shape {p.shape}.")
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError("multilabel: y_true must contain only 0 and 1.")
+        return y.astype(int), p
+    if y.ndim == 2 and y.shape[1] == 1:  # MedMNIST stores labels as (N, 1)
+        y = y[:, 0]
+    if y.shape != (n,):
+        raise ValueError(f"{task}: y_true must have shape ({n},) to match prob {p.shape}, got {y.shape}.")
+    if task == "binary" and c != 2:
+        raise ValueError(f"binary: prob must have 2 columns (N, 2), got {c}.")
+    if c < 2:
+        raise ValueError(f"{task}: prob must have at least 2 columns, got {c}.")
+    if not np.all(np.mod(y, 1) == 0) or y.min() < 0 or y.max() >= c:
+        raise ValueError(f"{task}: y_true must hold integer class indices in [0, {c - 1}].")
+    if np.abs(p.sum(axis=1) - 1).max() > 1e-3:
+        raise ValueError(f"{task}: prob rows must sum to 1 (class probabilities, e.g. after softmax).")
+    return y.astype(int), p
+
+
+def _weight_chunks(n, n_boot, seed):
+    """Yield (b, n) float arrays of bootstrap multiplicities, ``n_boot`` rows in total, from one seeded Generator."""
+    rng = np.random.default_rng(seed)
+    step = max(1, _CHUNK // n)
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
+        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(float)
+
+
+def _percentile_ci(values):
+    """95% percentile interval of the finite bootstrap values (undefined resamples are skipped)."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [float("nan"), float("nan")]
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+# ----------------------------------------------------------------------------- weighted metric kernels
+# Each takes w (B, N) multiplicities and returns (B,) or (B, K) arrays; nan marks "undefined".
+
+
+def _div(a, b):
+    """a / b with nan where b == 0 (an undefined rate, e.g. sensitivity without positives)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _nanmean(a, axis=-1):
+    """Mean over the defined entries (sklearn's macro convention for absent classes); nan if none."""
+    ok = np.isfinite(a)
+    return _div(np.where(ok, a, 0).sum(axis), ok.sum(axis))
+
+
+def _weighted_auc(w, pos, score):
+    """Mann–Whitney AUC per row of w, with average ranks for ties; nan where a class is absent.
+
+    Copies of a sample share its score, so a tie group starting after ``before`` (weighted) samples and
+    holding ``total`` copies has average rank ``before + (total + 1) / 2``. One sort serves all rows.
+    """
+    order = np.argsort(score, kind="stable")
+    s, ws, ps = score[order], w[:, order], pos[order].astype(float)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each tie group
+    group = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1  # tie group of each sorted sample
+    cum = np.cumsum(ws, axis=1)
+    before = np.concatenate([np.zeros((len(w), 1)), cum[:, starts[1:] - 1]], axis=1)
+    total = np.concatenate([before[:, 1:], cum[:, -1:]], axis=1) - before
+    midrank = before + (total + 1) / 2
+    n1 = ws @ ps  # weighted count of positives per resample
+    n0 = ws.sum(axis=1) - n1
+    rank_sum = (ws * midrank[:, group]) @ ps
+    return _div(rank_sum - n1 * (n1 + 1) / 2, n1 * n0)
+
+
+def _ece(w, target, conf, n_bins=10):
+    """Weighted ECE: sum over bins of |sum(target) - sum(conf)| / N, bins (lo, hi] on [0, 1]."""
+    bins = np.digitize(conf, np.linspace(0, 1, n_bins + 1)[1:-1], right=True)
+    onehot = np.eye(n_bins)[bins]  # (N, n_bins)
+    gap = w @ (onehot * (target - conf)[:, None])
+    return np.abs(gap).sum(axis=1) / w.sum(axis=1)
+
+
+def _binary(w, y, p, threshold):
+    n = w.sum(axis=1)
+    pos, q = y == 1, p[:, 1]
+    pred = q >= threshold
+    cells = np.stack([pred & pos, pred & ~pos, ~pred & pos, ~pred & ~pos], axis=1).astype(float)
+    tp, fp, fn, tn = (w @ cells).T  # one BLAS product gives the whole confusion matrix per resample
+    sens, spec = _div(tp, tp + fn), _div(tn, tn + fp)
+    return {
+        "acc": (tp + tn) / n,
+        "balanced_acc": _nanmean(np.stack([sens, spec], axis=1)),
+        "auc": _weighted_auc(w, pos, q),
+        "sensitivity": sens,
+        "specificity": spec,
+        "ppv": _div(tp, tp + fp),
+        "npv": _div(tn, tn + fn),
+        "f1": _div(2 * tp, 2 * tp + fp + fn),
+        "brier": w @ (q - y) ** 2 / n,
+        "ece": _ece(w, y.astype(float), q),
+    }
+
+
+def _multiclass(w, y, p, threshold):
+    n, c = w.sum(axis=1), p.shape[1]
+    pred = p.argmax(axis=1)
+    true1h, pred1h = np.eye(c)[y], np.eye(c)[pred]
+    tp = w @ (true1h * pred1h)  # (B, C)
+    fn, fp = w @ true1h - tp, w @ pred1h - tp
+    tn = n[:, None] - tp - fn - fp
+    recall = _nanmean(_div(tp, tp + fn))  # classes absent from the resample are left out, as in sklearn
+    aucs = np.stack([_weighted_auc(w, y == k, p[:, k]) for k in range(c)], axis=1)
+    return {
+        "acc": w @ (pred == y).astype(float) / n,
+        "balanced_acc": recall,
+        "auc": aucs.mean(axis=1),  # nan if any class is absent: OvR AUC is then undefined
+        "f1": _nanmean(_div(2 * tp, 2 * tp + fp + fn)),
+        "brier": w @ ((p - true1h) ** 2).sum(axis=1) / n,
+        "ece": _ece(w, (pred == y).astype(float), p.max(axis=1)),
+        "sensitivity": recall,
+        "specificity": _nanmean(_div(tn, tn + fp)),
+    }
+
+
+def _multilabel(w, y, p, threshold):
+    n = w.sum(axis=1)[:, None]
+    pos, pred = y == 1, p >= threshold
+    tp, fp, fn = (w @ m.astype(float) for m in (pred & pos, pred & ~pos, ~pred & pos))
+    aucs = np.stack([_weighted_auc(w, pos[:, k], p[:, k]) for k in range(y.shape[1])], axis=1)
+    out = {
+        "auc": aucs.mean(axis=1),
+        "acc": (w @ (pred == pos).astype(float) / n).mean(axis=1),
+        "f1": _nanmean(_div(2 * tp, 2 * tp + fp + fn)),
+        "brier": (w @ (p - y) ** 2 / n).mean(axis=1),
+    }
+    out.update({f"auc_{k}": aucs[:, k] for k in range(y.shape[1])})
+    return out

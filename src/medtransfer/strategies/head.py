@@ -1,0 +1,13 @@
+from ..models.backbones import Classifier
+from .base import Strategy, TransferContext, register
+
+
+@register
+class Head(Strategy):
+    name = "head"
+    summary = "frozen source backbone, new linear head trained by AdamW"
+
+    def run(self, ctx: TransferContext) -> Classifier:
+        model = ctx.target_model(self.name)
+        model.backbone.requires_grad_(False)
+        return ctx.fit(model, [{"params": model.head.parameters()}], frozen=[model.backbone])

@@ -1,0 +1,15 @@
+from ..models.backbones import Classifier, create_model
+from .base import Strategy, TransferContext, register
+
+
+@register
+class Scratch(Strategy):
+    name = "scratch"
+    summary = "same architecture, random initialisation: the baseline every transfer is compared with"
+
+    def run(self, ctx: TransferContext) -> Classifier:
+        import torch
+
+        torch.manual_seed(ctx.config.seed)
+        model = create_model(ctx.architecture, ctx.spec, ctx.target.num_outputs)
+        return ctx.fit(model, [{"params": model.parameters()}])

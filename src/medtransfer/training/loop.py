@@ -1,0 +1,174 @@
+"""The one training loop, shared by pretraining and every transfer strategy.
+
+Strategies decide *what* trains (parameter groups, frozen modules, extra loss terms); this loop
+decides *how*: Lightning Fabric for the device and precision (CPU, one GPU, or DDP unchanged),
+seeded tensor-slice batches, warm-up + cosine learning rate, early stopping on validation AUC with
+the best weights restored. The validation score is also taken before the first step, so a transfer
+that only makes the source model worse ends where it started.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.base import Split
+from ..evaluation import binary_auc
+from .augment import augment_batch
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    patience: int = 5
+    augment: bool = True
+    seed: int = 0
+    accelerator: str = "auto"  # auto | cpu | cuda | mps
+    progress: bool = True
+    eval_batch_size: int = 512
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def make_fabric(accelerator: str = "auto"):
+    from lightning_fabric import Fabric
+
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
+    return Fabric(accelerator=accelerator, devices=1, precision=precision)
+
+
+def loss_fn(task: str) -> Callable:
+    if task == "multilabel":
+        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)
+    return F.cross_entropy
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, task: str, batch_size: int = 512,
+                  device: torch.device | str | None = None) -> np.ndarray:
+    """Class (or label) probabilities for a tensor of inputs, in eval mode, in batches."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [probabilities(model(x[i:i + batch_size].to(device)).float(), task).cpu()
+           for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+def selection_score(y: np.ndarray, prob: np.ndarray, task: str) -> float:
+    """Validation AUC used for model selection (accuracy when AUC is undefined)."""
+    from sklearn.metrics import roc_auc_score
+
+    if task == "binary":
+        score = binary_auc(y, prob[:, 1])
+    else:
+        try:
+            score = roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=range(prob.shape[1])) \
+                if task == "multiclass" else roc_auc_score(y, prob, average="macro")
+        except ValueError:
+            score = float("nan")
+    if math.isnan(score):
+        score = float((prob.argmax(1) == y).mean()) if task != "multilabel" else 0.0
+    return float(score)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, task: str, modality: str,
+        config: TrainConfig, frozen: list[nn.Module] = (), extra_loss: Callable | None = None) -> FitResult:
+    """Train `model` in place; on return it holds the weights with the best validation score."""
+    torch.manual_seed(config.seed)
+    fabric = make_fabric(config.accelerator)
+    optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
+    model, optimizer = fabric.setup(model, optimizer)
+    device = fabric.device
+    x_train, y_train = train.x.to(device), train.y.to(device)
+    criterion = loss_fn(task)
+    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch)))
+    generator = torch.Generator().manual_seed(config.seed)
+    y_val = val.y.numpy()
+
+    def validate() -> float:
+        return selection_score(y_val, predict_proba(model, val.x, task, config.eval_batch_size, device), task)
+
+    start = time.perf_counter()
+    best_score, best_epoch = validate(), 0
+    best_state = copy.deepcopy(model.state_dict())
+    history = [{"epoch": 0, "val_score": best_score}]
+    with progress_bar(config.progress) as bar:
+        job = bar.add_task("train", total=config.epochs, loss=float("nan"), score=best_score)
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            for module in frozen:  # frozen parts keep their BatchNorm statistics
+                module.eval()
+            order = torch.randperm(len(train), generator=generator).to(device)
+            total_loss = torch.zeros((), device=device)
+            for i in range(0, len(train), config.batch_size):
+                index = order[i:i + config.batch_size]
+                if len(index) < 2 and len(train) > 1:
+                    continue  # a batch of one breaks BatchNorm and adds nothing
+                xb, yb = x_train[index], y_train[index]
+                if config.augment:
+                    xb = augment_batch(xb, modality, generator)
+                loss = criterion(model(xb), yb)
+                if extra_loss is not None:
+                    loss = loss + extra_loss()
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.detach()
+            score = validate()
+            mean_loss = float(total_loss) / steps_per_epoch
+            history.append({"epoch": epoch, "train_loss": mean_loss, "val_score": score})
+            if score > best_score:
+                best_score, best_epoch = score, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            bar.update(job, advance=1, loss=mean_loss, score=score)
+            if epoch - best_epoch >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history)
+
+
+def progress_bar(enabled: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("epoch {task.completed}/{task.total}"), BarColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}  val AUC {task.fields[score]:.4f}"),
+                    TimeRemainingColumn(), disable=not enabled, transient=True)

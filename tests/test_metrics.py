@@ -1,0 +1,245 @@
+"""Metrics agree with scikit-learn and MedMNIST's evaluator; the bootstrap is deterministic and sane."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from medtransfer.evaluation import auc_paired_mean_ci, binary_auc, compute_metrics, expected_calibration_error
+from medtransfer.evaluation import metrics as M
+
+MEDMNIST_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
+
+
+def binary_data(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    q = np.clip(0.35 * y + 0.65 * rng.random(n), 0, 1)
+    return y, np.stack([1 - q, q], axis=1)
+
+
+def multiclass_data(n=300, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[y]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, p
+
+
+def multilabel_data(n=300, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, k)) < 0.3).astype(int)
+    p = np.clip(0.4 * y + 0.6 * rng.random((n, k)), 0, 1)
+    return y, p
+
+
+def values(res):
+    return {k: v["value"] for k, v in res.items()}
+
+
+def test_binary_point_values_match_sklearn():
+    y, p = binary_data()
+    v = values(compute_metrics(y, p, "binary", n_boot=0))
+    pred = (p[:, 1] >= 0.5).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred).ravel()
+    assert set(v) == {"acc", "balanced_acc", "auc", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece"}
+    assert v["acc"] == pytest.approx(accuracy_score(y, pred))
+    assert v["balanced_acc"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert v["auc"] == pytest.approx(roc_auc_score(y, p[:, 1]))
+    assert v["f1"] == pytest.approx(f1_score(y, pred))
+    assert v["brier"] == pytest.approx(brier_score_loss(y, p[:, 1]))
+    assert v["sensitivity"] == pytest.approx(recall_score(y, pred))
+    assert v["specificity"] == pytest.approx(recall_score(y, pred, pos_label=0))
+    assert v["ppv"] == pytest.approx(precision_score(y, pred))
+    assert v["npv"] == pytest.approx(tn / (tn + fn))
+    assert v["ece"] == pytest.approx(expected_calibration_error(y, p[:, 1]))
+
+
+def test_multiclass_point_values_match_sklearn():
+    y, p = multiclass_data()
+    v = values(compute_metrics(y, p, "multiclass", n_boot=0))
+    pred = p.argmax(axis=1)
+    cm = confusion_matrix(y, pred)
+    tn = cm.sum() - cm.sum(0) - cm.sum(1) + np.diag(cm)
+    assert set(v) == {"acc", "balanced_acc", "auc", "f1", "brier", "ece", "sensitivity", "specificity"}
+    assert v["acc"] == pytest.approx(accuracy_score(y, pred))
+    assert v["balanced_acc"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert v["sensitivity"] == pytest.approx(recall_score(y, pred, average="macro"))
+    assert v["specificity"] == pytest.approx(np.mean(tn / (tn + cm.sum(0) - np.diag(cm))))
+    assert v["auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    assert v["f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert v["brier"] == pytest.approx(brier_score_loss(y, p, labels=range(p.shape[1])))
+    conf, correct = p.max(axis=1), (pred == y).astype(float)
+    assert v["ece"] == pytest.approx(expected_calibration_error(correct, conf))
+
+
+def test_multilabel_point_values_match_sklearn():
+    y, p = multilabel_data()
+    v = values(compute_metrics(y, p, "multilabel", n_boot=0))
+    pred = (p >= 0.5).astype(int)
+    assert set(v) == {"auc", "acc", "f1", "brier", "auc_0", "auc_1", "auc_2"}
+    per_label = [roc_auc_score(y[:, k], p[:, k]) for k in range(3)]
+    assert v["auc"] == pytest.approx(roc_auc_score(y, p, average="macro"))
+    assert [v[f"auc_{k}"] for k in range(3)] == pytest.approx(per_label)
+    assert v["acc"] == pytest.approx(np.mean([accuracy_score(y[:, k], pred[:, k]) for k in range(3)]))
+    assert v["f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert v["brier"] == pytest.approx(np.mean([brier_score_loss(y[:, k], p[:, k]) for k in range(3)]))
+
+
+@pytest.mark.parametrize(
+    "task, medmnist_task, make",
+    [
+        ("binary", "binary-class", binary_data),
+        ("multiclass", "multi-class", multiclass_data),
+        ("multilabel", "multi-label, binary-class", multilabel_data),
+    ],
+)
+def test_acc_auc_match_medmnist_evaluator(task, medmnist_task, make):
+    from medmnist.evaluator import getACC, getAUC
+
+    y, p = make()
+    v = values(compute_metrics(y, p, task, n_boot=0))
+    labels = y if task == "multilabel" else y[:, None]  # MedMNIST stores labels as (N, 1)
+    assert v["acc"] == pytest.approx(getACC(labels, p, medmnist_task))
+    assert v["auc"] == pytest.approx(getAUC(labels, p, medmnist_task))
+
+
+def test_matches_official_medmnist_evaluator_on_real_labels():
+    if not (MEDMNIST_ROOT / "pneumoniamnist.npz").exists():
+        pytest.skip(f"pneumoniamnist.npz not found under {MEDMNIST_ROOT}")
+    import medmnist
+
+    evaluator = medmnist.Evaluator("pneumoniamnist", "test", root=str(MEDMNIST_ROOT))
+    y = evaluator.labels[:, 0]
+    rng = np.random.default_rng(0)
+    q = np.clip(0.3 * y + 0.7 * rng.random(len(y)), 0, 1)
+    p = np.stack([1 - q, q], axis=1)
+    official = evaluator.evaluate(p)
+    v = values(compute_metrics(evaluator.labels, p, "binary", n_boot=0))  # (N, 1) labels are accepted
+    assert len(y) == 624
+    assert v["acc"] == pytest.approx(official.ACC)
+    assert v["auc"] == pytest.approx(official.AUC)
+
+
+def test_ci_contains_value_is_deterministic_and_json_ready():
+    y, p = binary_data()
+    a = compute_metrics(y, p, "binary", n_boot=300, seed=3)
+    assert a == compute_metrics(y, p, "binary", n_boot=300, seed=3)
+    assert a != compute_metrics(y, p, "binary", n_boot=300, seed=4)
+    for name, r in a.items():
+        assert type(r["value"]) is float and all(type(c) is float for c in r["ci"])
+        assert r["ci"][0] <= r["value"] <= r["ci"][1], name
+    json.dumps(a)
+
+
+def test_chunked_bootstrap_gives_identical_results(monkeypatch):
+    y, p = multiclass_data(n=60, c=3)
+    whole = compute_metrics(y, p, "multiclass", n_boot=100)
+    monkeypatch.setattr(M, "_CHUNK", 60 * 7)  # 7 resamples per chunk
+    chunked = compute_metrics(y, p, "multiclass", n_boot=100)
+    flat = lambda res: [x for r in res.values() for x in [r["value"], *r["ci"]]]
+    assert flat(chunked) == pytest.approx(flat(whole), rel=1e-12)  # same resamples; BLAS rounding may differ
+
+
+def test_ci_narrows_as_n_grows():
+    width = {}
+    for n in (100, 2000):
+        res = compute_metrics(*binary_data(n=n), "binary", n_boot=200)
+        width[n] = {k: r["ci"][1] - r["ci"][0] for k, r in res.items()}
+    for name in ("acc", "auc", "sensitivity", "brier"):
+        assert width[2000][name] < width[100][name] / 2, name
+
+
+def test_vectorised_auc_equals_sklearn_on_explicit_resamples():
+    rng = np.random.default_rng(1)
+    n = 80
+    y = rng.integers(0, 2, n)
+    score = np.round(0.3 * y + rng.random(n), 1)  # coarse scores: many ties
+    idx = rng.integers(0, n, size=(5, n))
+    w = np.stack([np.bincount(i, minlength=n) for i in idx]).astype(float)
+    got = M._weighted_auc(w, y == 1, score)
+    want = [roc_auc_score(y[i], score[i]) for i in idx]
+    assert got == pytest.approx(want)
+
+
+def test_undefined_metrics_are_nan_and_skipped():
+    y = np.ones(20, dtype=int)
+    q = np.linspace(0.1, 0.9, 20)
+    res = compute_metrics(y, np.stack([1 - q, q], axis=1), "binary", n_boot=50)
+    assert math.isnan(res["auc"]["value"]) and all(math.isnan(c) for c in res["auc"]["ci"])
+    assert math.isnan(res["specificity"]["value"])
+    assert res["sensitivity"]["value"] == pytest.approx(recall_score(y, q >= 0.5))
+    assert math.isnan(binary_auc(y, q))
+    # a rare positive: resamples without it are skipped for AUC, the rest still give a CI
+    y2 = np.zeros(20, dtype=int)
+    y2[-1] = 1
+    auc = compute_metrics(y2, np.stack([1 - q, q], axis=1), "binary", n_boot=200)["auc"]
+    assert auc["value"] == 1.0 and auc["ci"] == [1.0, 1.0]
+
+
+def test_ece_zero_when_calibrated_and_hand_computed():
+    # each bin's mean probability equals its fraction of positives
+    y = np.array([1, 0, 0, 0, 1, 1, 1, 0])
+    q = np.array([0.25] * 4 + [0.75] * 4)
+    assert expected_calibration_error(y, q) == pytest.approx(0.0)
+    # bin (0.1, 0.2]: 2 samples, |0.5 - 0.2| = 0.3; bin (0.8, 0.9]: 3 samples, |2/3 - 0.9|
+    y = np.array([0, 1, 1, 1, 0])
+    q = np.array([0.2, 0.2, 0.9, 0.9, 0.9])
+    assert expected_calibration_error(y, q) == pytest.approx(2 / 5 * 0.3 + 3 / 5 * (0.9 - 2 / 3))
+
+
+def test_binary_auc_matches_sklearn():
+    y, p = binary_data()
+    assert binary_auc(y, p[:, 1]) == pytest.approx(roc_auc_score(y, p[:, 1]))
+    assert binary_auc(y, p) == pytest.approx(roc_auc_score(y, p[:, 1]))
+
+
+def test_auc_paired_mean_ci():
+    y, _ = binary_data(n=150)
+    rng = np.random.default_rng(2)
+    probs = [np.clip(0.3 * y + 0.7 * rng.random(len(y)), 0, 1) for _ in range(3)]
+    probs[1] = np.stack([1 - probs[1], probs[1]], axis=1)  # (N, 2) and (N,) both accepted
+    res = auc_paired_mean_ci(y, probs, n_boot=300, seed=0)
+    per_model = [roc_auc_score(y, q if q.ndim == 1 else q[:, 1]) for q in probs]
+    assert res["value"] == pytest.approx(np.mean(per_model))
+    assert res["ci"][0] < res["value"] < res["ci"][1]
+    assert res == auc_paired_mean_ci(y, probs, n_boot=300, seed=0)
+
+
+@pytest.mark.parametrize(
+    "y, p, task, message",
+    [
+        ([0, 1], [[0.5, 0.5], [0.5, 0.5]], "regression", "Unknown task"),
+        ([0, 1, 1], [[0.5, 0.5], [0.5, 0.5]], "binary", "shape"),
+        ([0, 1], [[0.5, 0.5], [np.nan, 0.5]], "binary", "NaN"),
+        ([0, 1], [[2.0, -1.0], [0.5, 0.5]], "binary", "logits"),
+        ([0, 3], [[0.5, 0.5], [0.5, 0.5]], "binary", "class indices"),
+        ([0, 1], [[0.2, 0.2, 0.2], [0.3, 0.3, 0.4]], "multiclass", "sum to 1"),
+        ([[0, 1]], [[0.5, 0.5, 0.5]], "multilabel", "shape"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(y, p, task, message):
+    with pytest.raises(ValueError, match=message):
+        compute_metrics(np.array(y), np.array(p), task, n_boot=0)
+
+
+def test_binary_n600_bootstrap_is_fast():
+    import time
+
+    y, p = binary_data(n=600)
+    compute_metrics(y, p, "binary", n_boot=20)  # warm-up
+    start = time.perf_counter()
+    compute_metrics(y, p, "binary", n_boot=1000)
+    assert time.perf_counter() - start < 1.0  # typically well under 0.3 s; loose bound for busy CI machines
