@@ -29,8 +29,8 @@ from .training.loop import TrainConfig, predict_proba
 
 # Per-modality training defaults; every one can be overridden by the caller.
 DEFAULTS = {
-    "image2d": dict(epochs=15, batch_size=64, lr=1e-3, patience=5, augment=True),
-    "image3d": dict(epochs=20, batch_size=16, lr=1e-3, patience=5, augment=True),
+    "image2d": dict(epochs=15, batch_size=64, lr=1e-3, patience=5, augment=True, min_steps_per_epoch=10),
+    "image3d": dict(epochs=20, batch_size=16, lr=1e-3, patience=5, augment=True, min_steps_per_epoch=10),
     "tabular": dict(epochs=100, batch_size=32, lr=3e-3, patience=20, augment=False),
 }
 

@@ -34,6 +34,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     patience: int = 5
     augment: bool = True
+    min_steps_per_epoch: int = 1  # tiny labelled sets still get enough steps between validations
     seed: int = 0
     accelerator: str = "auto"  # auto | cpu | cuda | mps
     progress: bool = True
@@ -117,7 +118,9 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     device = fabric.device
     x_train, y_train = train.x.to(device), train.y.to(device)
     criterion = loss_fn(task)
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    batch_size = min(config.batch_size, len(train))
+    steps_per_epoch = max(math.ceil(len(train) / batch_size), config.min_steps_per_epoch)
+    passes = math.ceil(steps_per_epoch * batch_size / len(train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch)))
     generator = torch.Generator().manual_seed(config.seed)
@@ -136,10 +139,10 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
             model.train()
             for module in frozen:  # frozen parts keep their BatchNorm statistics
                 module.eval()
-            order = torch.randperm(len(train), generator=generator).to(device)
+            order = torch.cat([torch.randperm(len(train), generator=generator) for _ in range(passes)]).to(device)
             total_loss = torch.zeros((), device=device)
-            for i in range(0, len(train), config.batch_size):
-                index = order[i:i + config.batch_size]
+            for step in range(steps_per_epoch):
+                index = order[step * batch_size:(step + 1) * batch_size]
                 if len(index) < 2 and len(train) > 1:
                     continue  # a batch of one breaks BatchNorm and adds nothing
                 xb, yb = x_train[index], y_train[index]

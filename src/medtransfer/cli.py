@@ -1,0 +1,217 @@
+"""`medtransfer` command line: a thin layer over the Python API (medtransfer.api).
+
+Bad input prints one line (`error: …`) and exits with code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import MedTransferError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transfer learning on medical data: source model -> transfer -> clinical evaluation.")
+console = Console()
+
+DATA = typer.Option(..., "--data", "-d", help="dataset: medmnist:<flag>[@size], folder:<path>, csv:<path>, heart:<site>")
+DATA_ROOT = typer.Option(None, "--data-root", envvar="MEDTRANSFER_DATA", help="folder with MedMNIST .npz files")
+TARGET = typer.Option(None, "--target", help="label column (csv: datasets)")
+GROUP = typer.Option(None, "--group", help="patient/group column for patient-level splits (csv:)")
+BACKBONE = typer.Option(None, "--backbone", help="timm name (resnet18, tf_efficientnet_lite0, convnext_atto), "
+                        "monai:resnet10 for 3D, mlp / mlp:64,32 / linear for tables")
+SEED = typer.Option(0, "--seed", help="seed for the label budget, initialisation and batches")
+OUT = typer.Option(None, "--out", "-o", help="run directory to write (default: runs/<data>_<strategy>_…)")
+OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing run directory")
+EPOCHS = typer.Option(None, "--epochs", help="maximum epochs (early stopping on validation AUC)")
+LR = typer.Option(None, "--lr", help="learning rate of the head (backbone: 0.1x for full / lp-ft)")
+BATCH = typer.Option(None, "--batch-size")
+IMAGE_SIZE = typer.Option(None, "--image-size", help="2D images are resized to this before the backbone "
+                          "(default 64; 128 for ImageNet sources)")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps")
+QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
+
+
+@app.command()
+def datasets(data_root: Optional[Path] = DATA_ROOT):
+    """List dataset schemes, the built-in heart sites and the MedMNIST files found in the data root.
+
+    Example: medtransfer datasets --data-root ../shared/data/medmnist
+    """
+    from .data import SCHEMES
+    from .data.medmnist import FLAGS, default_data_root, file_name
+    from .data.tabular import HEART_SITES
+
+    for scheme, text in SCHEMES.items():
+        console.print(f"[bold]{scheme}:[/bold] {text}")
+    console.print("heart sites: " + ", ".join(HEART_SITES))
+    root = Path(data_root) if data_root else default_data_root()
+    found = [f"medmnist:{flag}" + (f"@{size}" if size != 28 else "") for flag in FLAGS for size in (28, 64, 128, 224)
+             if (root / file_name(flag, size)).is_file()]
+    console.print(f"MedMNIST files in {root}: " + (", ".join(found) if found else "none"))
+
+
+@app.command()
+def strategies():
+    """List the transfer strategies.
+
+    Example: medtransfer strategies
+    """
+    from .strategies import STRATEGIES
+
+    for name, cls in sorted(STRATEGIES.items()):
+        console.print(f"[bold]{name:13s}[/bold] {cls.summary}")
+
+
+@app.command()
+def pretrain(data: str = DATA, backbone: Optional[str] = BACKBONE, out: Optional[Path] = OUT,
+             seed: int = SEED, epochs: Optional[int] = EPOCHS, lr: Optional[float] = LR,
+             batch_size: Optional[int] = BATCH, image_size: Optional[int] = IMAGE_SIZE,
+             data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
+             overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
+    """Supervised pretraining of a source model on a (large) labelled source dataset.
+
+    Example: medtransfer pretrain --data medmnist:organamnist --backbone resnet18 --epochs 4 --out runs/organ-r18
+    """
+    from . import api
+
+    result = api.pretrain(data, backbone=backbone, out=out, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                          image_size=image_size, data_root=data_root, target=target, group=group,
+                          overwrite=overwrite, accelerator=device, progress=not quiet)
+    show_result(result)
+
+
+@app.command()
+def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy", "-s",
+             help="scratch, linear-probe, head, partial, full, lp-ft; tabular: target-only, source-only, pooled"),
+             source: Optional[str] = typer.Option(None, "--source", help="run folder, weights file, "
+             "imagenet:efficientnet_lite0, timm:<name>, or a source dataset (pretrained first, cached)"),
+             budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target examples: 40, 5% or all"),
+             backbone: Optional[str] = BACKBONE, seed: int = SEED, out: Optional[Path] = OUT,
+             epochs: Optional[int] = EPOCHS, lr: Optional[float] = LR, batch_size: Optional[int] = BATCH,
+             image_size: Optional[int] = IMAGE_SIZE,
+             source_epochs: Optional[int] = typer.Option(None, "--source-epochs", help="epochs when pretraining a source dataset"),
+             data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
+             overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
+    """Move a source model to a target dataset with a strategy; evaluate on the target's test split.
+
+    Example: medtransfer transfer --data heart:hungary --source heart:cleveland --strategy full --budget 20
+    """
+    from . import api
+
+    result = api.transfer(data, strategy, source, budget=budget, seed=seed, backbone=backbone, out=out,
+                          overwrite=overwrite, data_root=data_root, target=target, group=group, epochs=epochs,
+                          lr=lr, batch_size=batch_size, image_size=image_size, source_epochs=source_epochs,
+                          accelerator=device, progress=not quiet)
+    show_result(result)
+
+
+@app.command()
+def evaluate(run: Path = typer.Argument(..., help="a run directory"),
+             data: Optional[str] = typer.Option(None, "--data", "-d", help="evaluate on another dataset (e.g. another site)"),
+             split: str = typer.Option("test", "--split", help="train, val or test"),
+             data_root: Optional[Path] = DATA_ROOT,
+             json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics to this file")):
+    """Clinical metrics with 95% bootstrap CIs for a saved run.
+
+    Example: medtransfer evaluate runs/heart-hungary_full_20_s0 --data heart:va
+    """
+    from . import api
+
+    if split not in ("train", "val", "test"):
+        raise MedTransferError(f"bad --split {split!r}: use train, val or test")
+    metrics = api.evaluate(run, data=data, split=split, data_root=data_root)
+    console.print(metrics_table(metrics, f"{run} on {data or 'its own data'} ({split})"))
+    if json_out:
+        if json_out.exists():
+            raise MedTransferError(f"{json_out} already exists; choose another --json path")
+        json_out.write_text(json.dumps(metrics, indent=2))
+
+
+@app.command()
+def predict(run: Path = typer.Argument(..., help="a run directory"),
+            inputs: str = typer.Argument(..., help="CSV of patients, an image, a folder of images, or a dataset"),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="write predictions to this CSV"),
+            data_root: Optional[Path] = DATA_ROOT, overwrite: bool = OVERWRITE):
+    """Class probabilities of a saved run for new inputs.
+
+    Example: medtransfer predict runs/heart-hungary_full_20_s0 new_patients.csv --out predictions.csv
+    """
+    from . import api
+
+    if out and out.exists() and not overwrite:
+        raise MedTransferError(f"{out} already exists; choose another --out or pass --overwrite")
+    frame = api.predict(run, inputs, data_root=data_root)
+    if out:
+        frame.to_csv(out, index=False)
+        console.print(f"wrote {len(frame)} predictions to {out}")
+    else:
+        console.print(frame.to_string(index=False, max_rows=40))
+
+
+@app.command()
+def demo(data_root: Optional[Path] = DATA_ROOT,
+         out: Path = typer.Option(Path("demo-report"), "--out", "-o", help="folder for report.md"),
+         seeds: int = typer.Option(5, "--seeds", help="seeds per cell"),
+         images: bool = typer.Option(True, "--images/--no-images", help="also run the short MedMNIST transfer")):
+    """Offline demo on built-in real data: Cleveland -> three other hospitals, and (when MedMNIST files are in
+    the data root) ImageNet -> PneumoniaMNIST with 1% of the labels. Prints AUC [95% CI] per cell.
+
+    Example: medtransfer demo --seeds 5
+    """
+    from .demo import run_demo
+
+    run_demo(out, seeds=seeds, data_root=data_root, images=images, console=console)
+
+
+def metrics_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("metric", "value", "95% CI"):
+        table.add_column(column)
+    for name, m in metrics.items():
+        table.add_row(name, f"{m['value']:.4f}", f"[{m['ci'][0]:.4f}, {m['ci'][1]:.4f}]")
+    return table
+
+
+def show_result(result) -> None:
+    console.print(metrics_table(result.metrics["test"], f"{result.config['strategy']} on {result.config['data']} "
+                                f"({result.config['n_train_labels']} labelled training examples), test split"))
+    if result.out:
+        console.print(f"run written to {result.out}")
+
+
+def main() -> None:
+    import click
+
+    debug = "--debug" in sys.argv[1:]
+    args = [a for a in sys.argv[1:] if a != "--debug"]
+    try:
+        app(args=args, standalone_mode=False, prog_name="medtransfer")
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("interrupted", style="red")
+        sys.exit(130)
+    except MedTransferError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # an unexpected failure: still one line, the traceback on request
+        if debug:
+            raise
+        print(f"error: {exc.__class__.__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
