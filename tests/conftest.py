@@ -17,3 +17,11 @@ def medmnist_root() -> Path:
     if not HAS_MEDMNIST:
         pytest.skip(f"MedMNIST files not found in {DATA_ROOT}")
     return DATA_ROOT
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _source_cache(tmp_path_factory):
+    """Pretrained sources are cached per test session, never in the user's ~/.cache."""
+    import os
+
+    os.environ["MEDTRANSFER_CACHE"] = str(tmp_path_factory.mktemp("cache"))

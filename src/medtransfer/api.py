@@ -66,7 +66,8 @@ def cached_source(source_data: str, backbone: str | None, seed: int, options: di
     """Pretrain on a source dataset once per (dataset, backbone, settings); later calls reuse it."""
     keep = {k: options.get(k) for k in ("image_size", "data_root", "target", "group", "accelerator")}
     keep["epochs"] = options.get("source_epochs")
-    key = json.dumps({"data": source_data, "backbone": backbone, "seed": seed, **keep}, sort_keys=True, default=str)
+    key = json.dumps({"data": source_data, "backbone": backbone, "seed": seed, "version": __version__, **keep},
+                     sort_keys=True, default=str)
     folder = cache_dir() / "sources" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not (folder / "model.json").is_file():
         settings = {k: v for k, v in keep.items() if k != "epochs"}

@@ -8,6 +8,7 @@ plain JSON, so it travels in a checkpoint and a target site is encoded exactly l
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -151,6 +152,11 @@ def load_csv(path: str | Path, target: str | None, group: str | None = None,
 
 
 def heart_frame() -> pd.DataFrame:
+    return _heart_frame().copy()
+
+
+@lru_cache(maxsize=1)
+def _heart_frame() -> pd.DataFrame:
     with resources.files("medtransfer.data.resources").joinpath("heart_disease_uci.csv").open() as f:
         frame = pd.read_csv(f)
     frame["chol"] = frame["chol"].replace(0, np.nan)  # 0 = not measured (Switzerland)

@@ -1,0 +1,56 @@
+"""The CLI: every command has help; bad input is one line on stderr and a non-zero exit."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["datasets", "strategies", "pretrain", "transfer", "evaluate", "predict", "demo"]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "medtransfer.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    result = cli(command, "--help")
+    assert result.returncode == 0
+    assert "Example" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["transfer", "--data", "heart:va", "--strategy", "magic"], "unknown strategy"),
+    (["transfer", "--data", "csv:missing.csv", "--target", "y", "--strategy", "scratch"], "not found"),
+    (["transfer", "--data", "heart:va", "--budget", "-4", "--strategy", "scratch"], "bad budget"),
+    (["evaluate", "no-such-run"], "not a medtransfer run"),
+    (["transfer", "--data", "nonsense", "--strategy", "scratch"], "bad dataset"),
+])
+def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path):
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = cli("transfer", "--data", "heart:va", "--strategy", "magic", "--debug", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_transfer_then_evaluate_and_predict(tmp_path):
+    run = tmp_path / "run"
+    result = cli("transfer", "--data", "heart:hungary", "--source", "heart:cleveland", "--strategy", "lp-ft",
+                 "--budget", "20", "--out", str(run), "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "auc" in result.stdout and (run / "metrics.json").is_file()
+    again = cli("transfer", "--data", "heart:hungary", "--strategy", "target-only", "--budget", "20",
+                "--out", str(run), cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    evaluated = cli("evaluate", str(run), "--data", "heart:va", cwd=tmp_path)
+    assert evaluated.returncode == 0 and "sensitivity" in evaluated.stdout
+    predicted = cli("predict", str(run), "heart:switzerland", "--out", str(tmp_path / "p.csv"), cwd=tmp_path)
+    assert predicted.returncode == 0 and (tmp_path / "p.csv").is_file()
