@@ -115,7 +115,7 @@ def test_timm_2d_model_forward_shapes_and_stages():
     assert model.preprocess(x).shape == (2, 1, 32, 32)
     assert model.features(x).shape == (2, model.num_features) == (2, 512)
     assert model(x).shape == (2, 3)
-    assert model.stages() == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert model.stages() == ["layer1", "layer2", "layer3", "layer4"]  # act1 owns no weights
     model.reset_head(5)
     assert model(x).shape == (2, 5)
 

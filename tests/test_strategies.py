@@ -182,10 +182,10 @@ def test_partial_stages_on_a_timm_resnet():
 
 
 def test_partial_all_stages_on_a_timm_resnet_trains_the_whole_backbone():
-    """resnet18's first stage is `act1` (the stem's activation, no parameters of its own): unfreezing
-    all five stages must leave layer1..layer4 (and the stem) trainable, not freeze everything."""
+    """timm lists resnet18's `act1` (no weights) as a stage; it is skipped, so unfreezing every stage
+    leaves layer1..layer4 trainable instead of freezing everything."""
     model = _resnet18()
-    assert model.stages()[0] == "act1"
+    assert model.stages()[0] == "layer1"
     unfreeze_last_stages(model, len(model.stages()))
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         params = [p for n, p in model.backbone.named_parameters() if n.startswith(stage + ".")]

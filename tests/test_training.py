@@ -49,8 +49,9 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
 def test_fit_is_deterministic_for_a_seed():
     train, val = _table(60, 1), _table(40, 2)
     runs = []
-    for _ in range(2):
+    for run in range(2):
         model = _model(seed=3)
+        torch.rand(run + 1)  # the global RNG state differs between the runs: fit must seed it
         result = fit(model, [{"params": model.parameters()}], train, val, "binary", "tabular", _config(lr=0.05))
         runs.append((model, result))
     (m1, r1), (m2, r2) = runs
@@ -84,14 +85,17 @@ def _images(n: int, seed: int) -> Split:
 
 
 def test_fit_with_image_augmentation_is_deterministic():
-    train, val = _images(40, 0), _images(20, 1)
-    states = []
-    for _ in range(2):
+    train, val = _images(24, 0), _images(12, 1)
+    states, histories = [], []
+    for run in range(2):
         model = _tiny_cnn(5)
-        fit(model, [{"params": model.parameters()}], train, val, "binary", "image2d",
-            _config(epochs=2, batch_size=8, augment=True))
+        torch.rand(run + 1)
+        result = fit(model, [{"params": model.parameters()}], train, val, "binary", "image2d",
+                     _config(epochs=2, batch_size=8, augment=True))
         states.append(model)
+        histories.append(result.history)
     assert _same_state(*states)
+    assert histories[0] == histories[1] and len(histories[0]) == 3  # same losses: same augmented batches
 
 
 # ----------------------------------------------------------------------------- early stopping

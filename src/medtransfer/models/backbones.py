@@ -86,10 +86,13 @@ class Classifier(nn.Module):
         """Backbone module names from input to output, for freezing the first stages."""
         kind = self.architecture["kind"]
         if kind == "timm":
-            return [info["module"] for info in self.backbone.feature_info]
-        if kind == "monai":
-            return ["layer1", "layer2", "layer3", "layer4"]
-        return [name for name, _ in self.backbone.named_children()]
+            names = [info["module"] for info in self.backbone.feature_info]
+        elif kind == "monai":
+            names = ["layer1", "layer2", "layer3", "layer4"]
+        else:
+            names = [name for name, _ in self.backbone.named_children()]
+        # a stage that owns no weights (timm's resnet 'act1') cannot be unfrozen
+        return [n for n in names if any(True for _ in self.backbone.get_submodule(n).parameters())]
 
 
 class MLP(nn.Module):
@@ -135,8 +138,12 @@ def build_backbone(architecture: dict) -> tuple[nn.Module, int]:
 
 
 def _monai_width(backbone: nn.Module) -> int:
+    """Feature width by a dry run in eval mode (BatchNorm statistics untouched)."""
+    backbone.eval()
     with torch.no_grad():
-        return backbone(torch.zeros(1, backbone.conv1.in_channels, 16, 16, 16)).shape[1]
+        width = backbone(torch.zeros(1, backbone.conv1.in_channels, 16, 16, 16)).shape[1]
+    backbone.train()
+    return width
 
 
 def describe(backbone: str | None, modality: str, channels: int, n_features: int = 0) -> dict:

@@ -85,15 +85,17 @@ def load_weights_file(path: Path, modality: str, channels: int, backbone: str | 
             raise MedTransferError(f"{path} is not a plain weights file ({exc.__class__.__name__}); "
                                    "only tensors are loaded, never pickled objects") from None
         state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    arch = describe(backbone, modality, 3 if channels == 1 and modality == "image2d" else channels)
-    if arch["kind"] == "timm":  # an ImageNet-style file is RGB; the preprocess repeats grayscale
-        arch["in_chans"] = int(next((v.shape[1] for k, v in state.items() if v.ndim == 4), channels))
-    spec = InputSpec(modality, arch.get("in_chans", 0), image_size or DEFAULT_IMAGE_SIZE if modality == "image2d" else None,
-                     (0.5,) * max(arch.get("in_chans", 1), 1), (0.5,) * max(arch.get("in_chans", 1), 1))
-    model = create_model(arch, spec, num_outputs=1)
     head_names = {"fc.weight", "fc.bias", "classifier.weight", "classifier.bias", "head.fc.weight", "head.fc.bias"}
     state = {k.removeprefix("backbone."): v for k, v in state.items()
              if not k.startswith("head.") and k.removeprefix("backbone.") not in head_names}
+    arch = describe(backbone, modality, 3 if channels == 1 and modality == "image2d" else channels)
+    if arch["kind"] == "timm":  # the file decides the channels (often RGB); the preprocess repeats grayscale
+        from timm.models import get_pretrained_cfg_value
+        stem = state.get(f"{get_pretrained_cfg_value(arch['name'], 'first_conv') or 'conv1'}.weight")
+        arch["in_chans"] = int(stem.shape[1]) if stem is not None else arch["in_chans"]
+    spec = InputSpec(modality, arch.get("in_chans", 0), image_size or DEFAULT_IMAGE_SIZE if modality == "image2d" else None,
+                     (0.5,) * max(arch.get("in_chans", 1), 1), (0.5,) * max(arch.get("in_chans", 1), 1))
+    model = create_model(arch, spec, num_outputs=1)
     load_state_strict(model.backbone, state, str(path))
     return model
 
