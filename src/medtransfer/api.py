@@ -238,9 +238,4 @@ def predict(run: str | Path, inputs: str, data_root=None) -> pd.DataFrame:
     return frame
 
 
-def summary_row(result: RunResult, metric: str = "auc") -> dict:
-    m = result.metrics["test"][metric]
-    return {"strategy": result.config["strategy"], "value": m["value"], "ci": m["ci"]}
-
-
 __all__ = ["pretrain", "transfer", "evaluate", "predict", "RunResult", "read_meta"]

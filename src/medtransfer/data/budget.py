@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..errors import MedTransferError
-from .base import Split, TaskDataset
+from .base import TaskDataset
 
 
 def parse_budget(budget: str | int | float | None) -> int | float | None:
@@ -64,7 +64,3 @@ def apply_budget(dataset: TaskDataset, budget, seed: int = 0) -> TaskDataset:
     if n < len(val):
         val = val.subset(stratified_sample(val.y, max(n, dataset.num_classes), seed + 1))
     return dataset.with_splits(train=train, val=val)
-
-
-def labelled_count(split: Split) -> int:
-    return len(split)
