@@ -1,5 +1,7 @@
 """Classical tabular baselines (logistic regression), so a transfer result always has them beside it."""
 
+from abc import abstractmethod
+
 
 from ..errors import MedTransferError
 from ..models.backbones import Classifier
@@ -7,13 +9,11 @@ from .base import Strategy, TransferContext, fit_logistic_head, linear_model, re
 
 
 class TabularBaseline(Strategy):
+    @abstractmethod
     def rows(self, ctx: TransferContext):
         """(train_x, train_y, val_x, val_y) the logistic regression is fitted and tuned on."""
-        raise MedTransferError(f"{self.name} is not a tabular baseline")
 
     def source_data(self, ctx: TransferContext):
-        if ctx.target.modality != "tabular":
-            raise MedTransferError(f"{self.name} is a tabular baseline; for images use scratch or a transfer strategy")
         if ctx.source_data is None:
             raise MedTransferError(f"{self.name} needs --source to be a source dataset such as heart:cleveland")
         if ctx.source_data.classes != ctx.target.classes:
