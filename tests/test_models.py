@@ -124,9 +124,12 @@ def test_tabular_mlp_forward_shapes_and_stages():
     model = _mlp(n_features=5, name="mlp:16,8", outputs=2)
     assert isinstance(model.backbone, MLP)
     x = torch.randn(4, 5)
-    assert model.features(x).shape == (4, 8)
+    assert model.features(x).shape == (4, 5 + 8)  # wide and deep: [inputs, last hidden layer]
+    torch.testing.assert_close(model.features(x)[:, :5], x)
     assert model(x).shape == (4, 2)
     assert model.stages() == ["block0", "block1"]
+    plain = create_model(dict(describe("mlp:16,8", "tabular", 0, 5), skip=False), model.spec, 2)
+    assert plain.features(x).shape == (4, 8)  # checkpoints from before the skip load as they were
     linear = _mlp(n_features=5, name="linear", outputs=3)
     assert linear.num_features == 5
     torch.testing.assert_close(linear.features(x), x)

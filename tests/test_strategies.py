@@ -24,8 +24,8 @@ N_FEATURES = 5
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
 CLASSES = ["no", "yes"]
 GRID = (0.01, 0.1, 1.0, 10.0)  # the C grid of fit_logistic_head
-ALL_STRATEGIES = {"scratch", "linear-probe", "head", "partial", "full", "lp-ft", "target-only", "source-only",
-                  "pooled"}
+ALL_STRATEGIES = {"scratch", "linear-probe", "head", "partial", "full", "lp-ft", "l2-sp", "target-only",
+                  "source-only", "pooled"}
 TRAINED = sorted(ALL_STRATEGIES)
 
 
@@ -196,6 +196,31 @@ def test_full_trains_the_backbone(runs, source_model):
     model, ctx = runs["full"]
     assert _all_differ(_params(model, "backbone."), _params(source_model, "backbone."))
     assert ctx.fit_result.best_epoch > 0
+
+
+def test_l2sp_trains_everything_but_stays_nearer_the_source_than_full(runs, source_model):
+    model, ctx = runs["l2-sp"]
+    source = _params(source_model, "backbone.")
+    assert _all_differ(_params(model, "backbone."), source)
+    full = _params(runs["full"][0], "backbone.")
+    l2sp = _params(model, "backbone.")
+    distance = lambda p: sum(float(((p[k] - source[k]) ** 2).sum()) for k in source)
+    assert distance(l2sp) < distance(full)
+
+
+def test_l2sp_penalty_is_zero_at_the_source_and_matches_its_formula(source_model):
+    from medtransfer.strategies.l2sp import ALPHA, BETA, l2sp_penalty
+
+    model = copy.deepcopy(source_model)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    kept, new = l2sp_penalty(model, start, new_head=False), l2sp_penalty(model, start, new_head=True)
+    assert float(kept().detach()) == 0.0
+    head_norm = sum(float((p ** 2).sum()) for p in model.head.parameters())
+    assert float(new().detach()) == pytest.approx(BETA / 2 * head_norm)
+    with torch.no_grad():
+        model.backbone.block0[0].weight.add_(0.5)
+    moved = 0.25 * model.backbone.block0[0].weight.numel()
+    assert float(kept().detach()) == pytest.approx(ALPHA / 2 * moved, rel=1e-5)
 
 
 def test_scratch_ignores_the_source(runs, target, source_model):

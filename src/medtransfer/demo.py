@@ -22,7 +22,7 @@ HEART_SOURCE = "heart:cleveland"
 HEART_TARGETS = ["hungary", "switzerland", "va"]
 HEART_BUDGETS = [10, 20, 40]
 BASELINES = ["target-only", "source-only", "pooled"]
-TRANSFERS = ["linear-probe", "head", "full", "lp-ft"]
+TRANSFERS = ["linear-probe", "head", "full", "lp-ft", "l2-sp"]
 # Full fine-tuning of a 128 px ImageNet model takes minutes on a CPU: the benchmark runs it, the demo does not.
 IMAGE_STRATEGIES = [("scratch", None), ("linear-probe", "imagenet:efficientnet_lite0")]
 

@@ -44,10 +44,11 @@ class TransferContext:
     source_classes: list[str] | None = None  # the source model's own task, when known
     fit_result: FitResult | None = None
 
-    def fit(self, model: Classifier, groups: list[dict], frozen: list[nn.Module] = (), **overrides) -> Classifier:
+    def fit(self, model: Classifier, groups: list[dict], frozen: list[nn.Module] = (), extra_loss=None,
+            **overrides) -> Classifier:
         config = replace(self.config, **overrides) if overrides else self.config
         self.fit_result = fit(model, groups, self.target.train, self.target.val, self.target.task,
-                              self.target.modality, config, frozen=list(frozen))
+                              self.target.modality, config, frozen=list(frozen), extra_loss=extra_loss)
         return model
 
     def require_source_model(self, strategy: str) -> Classifier:
