@@ -82,9 +82,10 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
              image_size: int | None = None, epochs: int | None = None, lr: float | None = None,
              batch_size: int | None = None, patience: int | None = None, augment: bool | None = None,
              source_epochs: int | None = None, accelerator: str = "auto", n_boot: int = 1000,
-             progress: bool = True) -> RunResult:
+             progress: bool = True, weights: bool = True) -> RunResult:
     """Move a source model (or none, for `scratch`) to the target dataset `data` with `strategy`,
-    using at most `budget` labelled target examples; evaluate on the target's test split."""
+    using at most `budget` labelled target examples; evaluate on the target's test split.
+    `weights=False` saves the run without model.safetensors (experiment grids keep predictions only)."""
     started = time.perf_counter()
     chosen = get_strategy(strategy)
     parse_budget(budget)
@@ -146,7 +147,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     }
     result = RunResult(model, metrics, pd.concat(frames, ignore_index=True), resolved, None, budgeted)
     if save:
-        write_run(result, out, dataset, fit.history if fit else [])
+        write_run(result, out, dataset, fit.history if fit else [], weights)
         result.out = out
     return result
 
@@ -163,13 +164,13 @@ def versions() -> dict:
             "python": platform.python_version(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
-def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[dict]) -> None:
+def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[dict], weights: bool = True) -> None:
     stage = staging_dir(out)
     encoder = dataset.encoder.to_dict() if dataset.encoder is not None else None
     provenance = {k: result.config[k] for k in ("data", "strategy", "source", "source_description", "budget",
                                                 "n_train_labels", "seed", "versions")}
     provenance["test_metrics"] = {k: v["value"] for k, v in result.metrics["test"].items()}
-    save_checkpoint(stage, result.model, dataset.task, dataset.classes, encoder, provenance)
+    save_checkpoint(stage, result.model, dataset.task, dataset.classes, encoder, provenance, weights)
     write_json(stage / "config.json", result.config)
     write_json(stage / "metrics.json", result.metrics)
     result.predictions.to_csv(stage / "predictions.csv", index=False)

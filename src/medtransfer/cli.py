@@ -170,6 +170,37 @@ def demo(data_root: Optional[Path] = DATA_ROOT,
     run_demo(out, seeds=seeds, data_root=data_root, images=images, console=console)
 
 
+@app.command()
+def experiment(config: Path = typer.Argument(..., help="experiment YAML (see examples/heart-sites.yaml)"),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="experiment folder "
+                                                  "(default: experiments/<name>); re-run to resume"),
+               jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="cells run in parallel processes"),
+               data_root: Optional[Path] = DATA_ROOT, quiet: bool = QUIET):
+    """Run a grid of targets x sources x strategies x label budgets x seeds; resumable. Writes results.csv,
+    an MLflow store (mlflow.db) and report.html / report.md.
+
+    Example: medtransfer experiment examples/heart-sites.yaml --jobs 2
+    """
+    from .experiment import run_experiment
+
+    run_experiment(config, out=out, jobs=jobs, data_root=str(data_root) if data_root else None,
+                   progress=not quiet, console=console)
+
+
+@app.command()
+def report(folder: Path = typer.Argument(..., help="an experiment folder")):
+    """(Re)write report.html and report.md of an experiment from its results.
+
+    Example: medtransfer report experiments/heart-sites
+    """
+    from .evaluation.report import write_report
+
+    if not (folder / "results.csv").is_file():
+        raise MedTransferError(f"{folder} has no results.csv: run `medtransfer experiment CONFIG.yaml` first")
+    html, md = write_report(folder)
+    console.print(f"report: {html} and {md}")
+
+
 def metrics_table(metrics: dict, title: str) -> Table:
     table = Table(title=title)
     for column in ("metric", "value", "95% CI"):

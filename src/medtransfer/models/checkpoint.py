@@ -16,10 +16,11 @@ WEIGHTS, META = "model.safetensors", "model.json"
 
 
 def save_checkpoint(directory: Path, model: Classifier, task: str, classes: list[str],
-                    encoder: dict | None, provenance: dict) -> None:
+                    encoder: dict | None, provenance: dict, weights: bool = True) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS))
+    if weights:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS))
     meta = {"format": "medtransfer-checkpoint/1", "architecture": model.architecture,
             "input": model.spec.to_dict(), "task": task, "classes": classes,
             "num_outputs": model.head.out_features, "encoder": encoder, "provenance": provenance}
@@ -50,6 +51,8 @@ def load_state_strict(model: torch.nn.Module, state: dict, where: str) -> None:
 def load_checkpoint(directory: Path) -> tuple[Classifier, dict]:
     directory = Path(directory)
     meta = read_meta(directory)
+    if not (directory / WEIGHTS).is_file():
+        raise MedTransferError(f"{directory} has no {WEIGHTS} (an experiment cell run without keep_weights)")
     model = create_model(meta["architecture"], InputSpec.from_dict(meta["input"]), meta["num_outputs"])
     load_state_strict(model, load_file(str(directory / WEIGHTS)), str(directory / WEIGHTS))
     return model, meta

@@ -9,6 +9,7 @@ that only makes the source model worse ends where it started.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -134,7 +135,7 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     best_state = copy.deepcopy(model.state_dict())
     history = [{"epoch": 0, "val_score": best_score}]
     with progress_bar(config.progress) as bar:
-        job = bar.add_task("train", total=config.epochs, loss=float("nan"), score=best_score)
+        job = bar.add_task(epoch_text(0, config.epochs, float("nan"), best_score), total=config.epochs)
         for epoch in range(1, config.epochs + 1):
             model.train()
             for module in frozen:  # frozen parts keep their BatchNorm statistics
@@ -162,16 +163,33 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
             if score > best_score:
                 best_score, best_epoch = score, epoch
                 best_state = copy.deepcopy(model.state_dict())
-            bar.update(job, advance=1, loss=mean_loss, score=score)
+            bar.update(job, advance=1, description=epoch_text(epoch, config.epochs, mean_loss, score))
             if epoch - best_epoch >= config.patience:
                 break
+        bar.remove_task(job)
     model.load_state_dict(best_state)
     return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history)
 
 
-def progress_bar(enabled: bool):
+def epoch_text(epoch: int, epochs: int, loss: float, score: float) -> str:
+    return f"epoch {epoch}/{epochs}  loss {loss:.4f}  val AUC {score:.4f}"
+
+
+OUTER_PROGRESS: list = []  # an enclosing bar (experiment cells): epoch bars join it, one live display
+
+
+def new_progress(enabled: bool = True, transient: bool = True):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("epoch {task.completed}/{task.total}"), BarColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}  val AUC {task.fields[score]:.4f}"),
-                    TimeRemainingColumn(), disable=not enabled, transient=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeRemainingColumn(), disable=not enabled, transient=transient)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool):
+    if OUTER_PROGRESS:
+        bar = OUTER_PROGRESS[-1]
+        yield bar if enabled else new_progress(False)
+    else:
+        with new_progress(enabled) as bar:
+            yield bar

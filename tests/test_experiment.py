@@ -1,0 +1,154 @@
+"""Experiment grids: config validation, the grid, resume after kill -9, the results table and MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medtransfer.errors import MedTransferError
+from medtransfer.experiment import ExperimentConfig, grid, load_config, run_experiment, settings_of
+
+TINY = """\
+name: tiny
+targets: [heart:hungary]
+sources: [heart:cleveland]
+strategies: [target-only, full]
+budgets: [10, 20]
+seeds: 2
+train: {epochs: 3}
+n_boot: 50
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\ntargets: [heart:va]\nstrategies: [scratch]\nbudget: [10]\n", "unknown key 'budget'; allowed: name, targets"),
+    ("name: x\ntargets: [heart:va]\nstrategies: [fulll]\nsources: [heart:cleveland]\n",
+     "strategies: unknown strategy 'fulll'; choose from"),
+    ("name: x\ntargets: [heart:va]\nstrategies: [scratch]\nbudgets: [ten]\n", "budgets: "),
+    ("name: x\ntargets: [heart:va]\nstrategies: [scratch]\nseeds: 0\n", "seeds"),
+    ("name: x\ntargets: [heart:va]\nstrategies: [full]\n", "strategy 'full' needs a source"),
+    ("name: x\nstrategies: [scratch]\n", "missing key 'targets'"),
+    ("name: x\ntargets: [heart:va]\nstrategies: [scratch]\ntrain: {epochs: 0}\n", "train.epochs"),
+    ("name: x\ntargets: [heart:va]\nstrategies: [scratch]\ntrain: {epoch: 3}\n", "unknown key 'train.epoch'; allowed: epochs"),
+    ("- just\n- a list\n", "must be a YAML mapping"),
+    ("name: [unclosed\n", "not valid YAML"),
+])
+def test_bad_configs_are_named_with_what_is_allowed(tmp_path, text, message):
+    with pytest.raises(MedTransferError, match=None) as info:
+        load_config(write(tmp_path, text))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(MedTransferError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_grid_runs_sourceless_strategies_once_and_ids_follow_settings():
+    config = ExperimentConfig(name="g", targets=["heart:va", "heart:hungary"], sources=["heart:cleveland", "x.pt"],
+                              strategies=["scratch", "target-only", "full"], budgets=[10, "5%"], seeds=3)
+    cells = grid(config)
+    # per target: scratch and target-only once, full once per source; x 2 budgets x 3 seeds
+    assert len(cells) == 2 * (1 + 1 + 2) * 2 * 3
+    assert {c.source for c in cells if c.strategy in ("scratch", "target-only")} == {"none"}
+    assert {c.budget for c in cells} == {"10", "5%"}
+    ids = [c.id(settings_of(config)) for c in cells]
+    assert len(set(ids)) == len(ids)
+    changed = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 2})})
+    assert cells[0].id(settings_of(changed)) != ids[0]
+    assert cells[0].id(settings_of(config)) == ids[0]
+    assert "5pct" in next(i for i, c in zip(ids, cells) if c.budget == "5%")
+
+
+# ----------------------------------------------------------------------------- running and resuming
+
+
+def test_experiment_writes_cells_table_and_mlflow_and_resumes(tmp_path):
+    config = write(tmp_path, TINY)
+    out = tmp_path / "exp"
+    run_experiment(config, out=out, progress=False, report=False)
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 8 and table.cell_id.is_unique
+    assert set(table.strategy) == {"target-only", "full"} and set(table.n_labels) == {10, 20}
+    assert table.test_auc.between(0.6, 1.0).all()  # Cleveland -> Hungary is learnable
+    assert (table.test_auc_lo <= table.test_auc).all() and (table.test_auc <= table.test_auc_hi).all()
+    assert not list((out / "cells").glob("*/model.safetensors"))  # weights only with keep_weights
+    assert (out / "config.yaml").read_text() == TINY
+
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.data.tags["cell_id"] for r in runs) == sorted(table.cell_id)
+    one = next(r for r in runs if r.data.tags["cell_id"] == table.cell_id[0])
+    assert one.data.metrics["test_auc"] == pytest.approx(table.test_auc[0])
+    assert one.data.params["strategy"] == table.strategy[0]
+    assert {a.path for a in client.list_artifacts(one.info.run_id)} >= {"metrics.json", "predictions.csv"}
+
+    # a kill -9 mid-cell leaves a .partial folder and a cell missing: the re-run redoes only that one
+    victim = out / table.run_dir[3]
+    stamps = {d.name: d.stat().st_mtime_ns for d in (out / "cells").iterdir()}
+    victim.rename(victim.with_name(victim.name + ".partial"))
+    run_experiment(config, out=out, progress=False, report=False)
+    again = pd.read_csv(out / "results.csv")
+    assert sorted(again.cell_id) == sorted(table.cell_id)
+    assert not list((out / "cells").glob("*.partial"))
+    untouched = {d.name: d.stat().st_mtime_ns for d in (out / "cells").iterdir() if d.name != victim.name}
+    assert untouched == {k: v for k, v in stamps.items() if k != victim.name}
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.data.tags["cell_id"] for r in runs) == sorted(table.cell_id)  # replaced, not added
+
+
+def test_kill_9_mid_run_loses_nothing_written(tmp_path):
+    config = write(tmp_path, TINY.replace("seeds: 2", "seeds: 4").replace("epochs: 3", "epochs: 30"))
+    out = tmp_path / "exp"
+    command = [sys.executable, "-m", "medtransfer.cli", "experiment", str(config), "--out", str(out), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (out / "results.csv").is_file() and len(pd.read_csv(out / "results.csv")) >= 3:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the experiment finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = pd.read_csv(out / "results.csv")
+    assert 3 <= len(before) < 16 and before.cell_id.is_unique
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    after = pd.read_csv(out / "results.csv")
+    assert len(after) == 16 and after.cell_id.is_unique
+    assert set(before.cell_id) <= set(after.cell_id)
+    common = after.set_index("cell_id").loc[before.cell_id, "test_auc"]
+    assert list(common) == list(before.test_auc)  # finished cells were not re-run
+
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.data.tags["cell_id"] for r in runs) == sorted(after.cell_id)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_cli_experiment_bad_config_is_one_line(tmp_path):
+    config = write(tmp_path, "name: x\ntargets: [heart:va]\nstrategies: [scratch]\nbudgets: [10]\nsed: 3\n")
+    result = subprocess.run([sys.executable, "-m", "medtransfer.cli", "experiment", str(config)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "unknown key 'sed'" in result.stderr
