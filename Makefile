@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The default torch wheel (CUDA build) runs on CPU; torch and torchvision are installed as a pair.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/medtransfer demo
 
-test: venv
+# The report test opens report.html in headless Chromium (Debian package); without it that test skips.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  ($$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the browser test will be skipped"; }
+
+test: venv browser
 	$(BIN)/python -m pytest
 
 clean:
