@@ -114,9 +114,11 @@ class Cell:
 
 
 def short(spec: str) -> str:
-    """medmnist:organamnist -> organamnist; heart:cleveland -> cleveland; imagenet:… kept whole."""
-    scheme, _, rest = spec.partition(":")
-    return rest if scheme in ("medmnist", "heart", "folder", "csv") and rest else spec
+    """medmnist:organamnist -> organamnist; heart:cleveland -> cleveland; folder:a/b -> b; imagenet:… whole."""
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme not in ("medmnist", "heart", "folder", "csv"):
+        return spec
+    return Path(rest if sep else spec).name or spec
 
 
 def load_config(path: Path) -> tuple[ExperimentConfig, str]:

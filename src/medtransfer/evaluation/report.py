@@ -28,10 +28,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, roc_curve
 
+from ..experiment import short
 from .metrics import auc_paired_difference, auc_paired_mean_ci, expected_calibration_error
 
 BASELINES = ("scratch", "target-only", "source-only", "pooled")
-_KEEP_SCHEMES = ("imagenet", "timm")  # source names that are only readable with their scheme
 _BASELINE_STYLE = {"scratch": ("black", "--"), "target-only": ("dimgrey", "-."),
                    "source-only": ("grey", ":"), "pooled": ("saddlebrown", ":")}  # transfer methods get colours
 _CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -88,16 +88,8 @@ def browser_check(html_path, timeout: float = 60) -> int:
 # ----------------------------------------------------------------------------- loading
 
 
-def _short(source: str) -> str:
-    """``medmnist:organamnist`` -> ``organamnist``; ``imagenet:efficientnet_lite0`` stays as it is."""
-    scheme, sep, rest = source.partition(":")
-    if sep and scheme in _KEEP_SCHEMES:
-        return source
-    return Path(rest if sep else source).name or source
-
-
 def _method(strategy: str, source: str) -> str:
-    return strategy if source in ("none", "") else f"{strategy} ← {_short(source)}"
+    return strategy if source in ("none", "") else f"{strategy} ← {short(source)}"
 
 
 def _read_predictions(path: Path):
@@ -119,9 +111,7 @@ def _load(exp: Path):
     res["method"] = [_method(st, so) for st, so in zip(res["strategy"], res["source"])]
     preds, failed, keep = {}, [], []
     for _, row in res.iterrows():
-        error, status = row.get("error"), row.get("status")
-        reason = (error if isinstance(error, str) and error.strip() else
-                  status if isinstance(status, str) and re.search("fail|error", status, re.I) else None)
+        reason = None
         run_dir = row.get("run_dir")
         path = exp / (run_dir if isinstance(run_dir, str) else f"cells/{row['cell_id']}") / "predictions.csv"
         if reason is None and not np.isfinite(float(pd.to_numeric(row.get("test_auc", np.nan), errors="coerce"))):
