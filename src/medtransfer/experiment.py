@@ -205,6 +205,7 @@ def run_experiment(config_path: Path, out: Path | None = None, jobs: int = 1, da
     todo = [(c, d) for c, d in cells if not done(d)]
     console.print(f"experiment {config.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, "
                   f"{len(todo)} to run -> {out}")
+    results = Results(out, cells)
     tracker = Tracker(out, config.name)
     if tracker.client is None:
         console.print("MLflow is not installed: results.csv only (pip install 'medtransfer[tracking]')")
@@ -217,15 +218,13 @@ def run_experiment(config_path: Path, out: Path | None = None, jobs: int = 1, da
             for cell, folder in first + (rest if jobs <= 1 else []):
                 bar.update(job, description=f"cells  {folder.name}")
                 run_cell(cell, folder, config, data_root, progress)
-                finish(out, cells, tracker, folder, bar, job)
+                finish(results, tracker, cell, folder, bar, job)
             if jobs > 1 and rest:
-                run_parallel(rest, config, data_root, jobs, lambda f: finish(out, cells, tracker, f, bar, job))
-    except KeyboardInterrupt:
-        write_results(out, cells)
-        raise
+                run_parallel(rest, config, data_root, jobs,
+                             lambda c, f: finish(results, tracker, c, f, bar, job))
     finally:
         OUTER_PROGRESS.clear()
-    frame = write_results(out, cells)
+        frame = results.write()
     tracker.sync(cells)
     console.print(f"results: {out / 'results.csv'} ({len(frame)} rows); MLflow: {out / 'mlflow.db'}")
     if report:
@@ -254,17 +253,19 @@ def run_parallel(todo: list, config: ExperimentConfig, data_root, jobs: int, on_
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [pool.submit(_worker, (cell, folder, config, data_root, threads)) for cell, folder in todo]
+        futures = {pool.submit(_worker, (cell, folder, config, data_root, threads)): (cell, folder)
+                   for cell, folder in todo}
         try:
             for future in as_completed(futures):
-                on_done(Path(future.result()))
+                future.result()
+                on_done(*futures[future])
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 
-def finish(out: Path, cells: list, tracker: "Tracker", folder: Path, bar, job) -> None:
-    write_results(out, cells)
+def finish(results: "Results", tracker: "Tracker", cell: Cell, folder: Path, bar, job) -> None:
+    results.add(cell, folder)
     tracker.log(folder)
     bar.update(job, advance=1)
 
@@ -285,13 +286,27 @@ def row(cell: Cell, folder: Path, out: Path) -> dict:
     return values
 
 
-def write_results(out: Path, cells: list) -> pd.DataFrame:
-    """The tidy table, rebuilt from the finished cells and swapped in atomically."""
-    frame = pd.DataFrame([row(c, d, out) for c, d in cells if done(d)])
-    tmp = out / "results.csv.tmp"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out / "results.csv")
-    return frame
+class Results:
+    """The tidy table: one row per finished cell, in grid order, read from the cell folders. It is
+    swapped in atomically (at most every few seconds while running, and at the end)."""
+
+    def __init__(self, out: Path, cells: list):
+        self.out, self.order = out, {folder.name: i for i, (_, folder) in enumerate(cells)}
+        self.rows = {folder.name: row(cell, folder, out) for cell, folder in cells if done(folder)}
+        self.written = 0.0
+
+    def add(self, cell: Cell, folder: Path) -> None:
+        self.rows[folder.name] = row(cell, folder, self.out)
+        if time.monotonic() - self.written > 5:
+            self.write()
+
+    def write(self) -> pd.DataFrame:
+        frame = pd.DataFrame([self.rows[k] for k in sorted(self.rows, key=self.order.get)])
+        tmp = self.out / "results.csv.tmp"
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, self.out / "results.csv")
+        self.written = time.monotonic()
+        return frame
 
 
 def write_environment(out: Path) -> None:
