@@ -55,11 +55,114 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDTRANSFER_CACHE", "~/.cache/medtransfer")).expanduser()
 
 
-def pretrain(data: str, *, backbone: str | None = None, out: str | Path | None = None, seed: int = 0,
-             overwrite: bool = False, **options) -> RunResult:
-    """Supervised pretraining on a (large) source dataset: a scratch run with every label."""
+PRETRAIN_METHODS = ("supervised", "simclr", "moco")
+
+
+def pretrain(data: str | list[str], *, method: str = "supervised", backbone: str | None = None,
+             out: str | Path | None = None, seed: int = 0, overwrite: bool = False, **options) -> RunResult:
+    """Pretrain a source model on a (large) source dataset.
+
+    method="supervised" (default): a scratch run with every label. method="simclr" or "moco":
+    self-supervised on the training images of one or more 2D image datasets (`data` a list or a
+    comma list; labels ignored), see `pretrain_self_supervised` for the options."""
+    if method not in PRETRAIN_METHODS:
+        raise MedTransferError(f"unknown pretraining method {method!r}; choose one of: {', '.join(PRETRAIN_METHODS)}")
+    if method != "supervised":
+        return pretrain_self_supervised(data, method, backbone=backbone, out=out, seed=seed, overwrite=overwrite,
+                                        **options)
+    ssl_only = [k for k in ("temperature", "queue_size", "momentum", "views", "monitor", "limit")
+                if options.pop(k, None) is not None]
+    if ssl_only:
+        raise MedTransferError(f"{', '.join(ssl_only)} apply to --method simclr or moco, not supervised")
+    specs = split_data(data)
+    if len(specs) > 1:
+        raise MedTransferError(f"supervised pretraining takes one dataset, got {len(specs)}; pooling several "
+                               "(unlabelled) datasets needs --method simclr or moco")
+    data = specs[0]
     return transfer(data, strategy="scratch", source=None, backbone=backbone, out=out, seed=seed,
                     overwrite=overwrite, **options)
+
+
+def split_data(data) -> list[str]:
+    from .ssl.pretrain import split_specs
+    return split_specs(data)
+
+
+def pretrain_self_supervised(data: str | list[str], method: str = "simclr", *, backbone: str | None = None,
+                             out: str | Path | None = None, seed: int = 0, overwrite: bool = False,
+                             save: bool = True, data_root=None, image_size: int | None = None,
+                             epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
+                             patience: int | None = None, accelerator: str = "auto", progress: bool = True,
+                             temperature: float | None = None, queue_size: int | None = None,
+                             momentum: float | None = None, views=None, monitor: bool | None = True,
+                             limit: int | None = None, target: str | None = None,
+                             group: str | None = None) -> RunResult:
+    """SimCLR / MoCo v2 on the images of `data` (labels ignored); the monitor is k-NN AUC on the
+    first dataset's labelled val split when it has one (the best epoch is kept; else the last).
+    `views`: augmentation options (ViewConfig fields) as a dict or ["name=value", ...]. The run folder
+    is an ordinary source: `transfer(..., source=run_dir)` gives the target a new head."""
+    from .ssl import SSL_DEFAULTS, pretrain_ssl, split_specs
+
+    specs = split_specs(data)
+    if target or group:
+        raise MedTransferError(f"--method {method} takes image datasets; --target/--group are for csv: tables")
+    if save:
+        out = Path(out) if out else default_run_dir("+".join(specs), method, f"s{seed}")
+        check_writable(out, overwrite)
+    started = time.perf_counter()
+    values = dict(SSL_DEFAULTS)
+    values.update({k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, patience=patience).items()
+                   if v is not None})
+    values["warmup_epochs"] = min(5.0, 0.1 * values["epochs"])
+    config = TrainConfig(seed=seed, accelerator=accelerator, progress=progress, **values)
+    result = pretrain_ssl(specs, method, backbone=backbone, seed=seed, config=config, image_size=image_size,
+                          data_root=data_root, temperature=temperature, queue_size=queue_size, momentum=momentum,
+                          views=views, monitor=monitor is not False, limit=limit)
+    fit = result.fit
+    model = result.encoder.cpu().eval()
+    monitor_metrics = dict(result.monitor, best=fit.best_score, best_epoch=fit.best_epoch) if result.monitor else None
+    metrics = {"monitor": monitor_metrics,
+               "fit": {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "monitor_score": fit.best_score,
+                       "seconds": round(fit.seconds, 3), "total_seconds": round(time.perf_counter() - started, 3)}}
+    resolved = {
+        "data": specs, "method": method, "strategy": f"pretrain-{method}", "seed": seed,
+        "backbone": model.architecture.get("name"), "architecture": model.architecture, "input": model.spec.to_dict(),
+        "n_images": result.n_images, "limit": limit, "train": asdict(config), "method_settings": result.method.settings(),
+        "views": asdict(result.method.views), "monitor": result.monitor,
+        "data_root": str(data_root) if data_root else None, "versions": versions(),
+    }
+    run = RunResult(model, metrics, pd.DataFrame(), resolved, None, None)
+    if save:
+        write_pretrain_run(run, out, fit.history)
+        run.out = out
+    return run
+
+
+SELF_SUPERVISED_TASK = "self-supervised"  # model.json "task" of an SSL source: no classes, a placeholder head
+
+
+def write_pretrain_run(result: RunResult, out: Path, history: list[dict]) -> None:
+    """A self-supervised run folder: the checkpoint (classes [] so every transfer builds a new head),
+    config.json, metrics.json (monitor, fit) and log.txt; no predictions (there is no classifier)."""
+    stage = staging_dir(out)
+    config = result.config
+    provenance = {"method": config["method"], "data": config["data"], "epochs": result.metrics["fit"]["epochs_run"],
+                  "best_epoch": result.metrics["fit"]["best_epoch"], "epochs_planned": config["train"]["epochs"],
+                  "n_images": config["n_images"], "seed": config["seed"], "settings": config["method_settings"],
+                  "views": config["views"], "monitor": result.metrics["monitor"], "versions": config["versions"]}
+    save_checkpoint(stage, result.model, SELF_SUPERVISED_TASK, [], None, provenance)
+    write_json(stage / "config.json", config)
+    write_json(stage / "metrics.json", result.metrics)
+    lines = [f"medtransfer {__version__} run: {config['method']} pretraining on {', '.join(config['data'])}",
+             *(json.dumps(h) for h in history)]
+    (stage / "log.txt").write_text("\n".join(lines) + "\n")
+    commit_dir(stage, out)
+
+
+def require_classifier(meta: dict, run: Path) -> None:
+    if meta.get("task") == SELF_SUPERVISED_TASK:
+        raise MedTransferError(f"{run} is a self-supervised source model (no classifier head): transfer it first, "
+                               f"e.g. medtransfer transfer --source {run} --strategy linear-probe --data …")
 
 
 def cached_source(source_data: str, backbone: str | None, seed: int, options: dict) -> Path:
@@ -186,6 +289,7 @@ def evaluate(run: str | Path, data: str | None = None, split: str = "test", data
     """Metrics (with 95% CIs) of a saved run on a split of its own or another dataset."""
     run = Path(run)
     model, meta = load_checkpoint(run)
+    require_classifier(meta, run)
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     data = data or config.get("data")
     if not data:
@@ -208,6 +312,7 @@ def predict(run: str | Path, inputs: str, data_root=None) -> pd.DataFrame:
 
     run = Path(run)
     model, meta = load_checkpoint(run)
+    require_classifier(meta, run)
     classes, task = meta["classes"], meta["task"]
     path = Path(inputs).expanduser()
     if meta.get("encoder") and path.suffix.lower() == ".csv":
@@ -239,4 +344,4 @@ def predict(run: str | Path, inputs: str, data_root=None) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["pretrain", "transfer", "evaluate", "predict", "RunResult", "read_meta"]
+__all__ = ["pretrain", "pretrain_self_supervised", "transfer", "evaluate", "predict", "RunResult", "read_meta"]

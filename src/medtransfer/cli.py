@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -70,21 +70,71 @@ def strategies():
 
 
 @app.command()
-def pretrain(data: str = DATA, backbone: Optional[str] = BACKBONE, out: Optional[Path] = OUT,
+def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s): medmnist:<flag>[@size], "
+             "folder:<path> (class folders, or a flat folder of unlabelled images), csv:<path>, heart:<site>; "
+             "simclr/moco: repeat --data or give a comma list to pool several image datasets (labels ignored)"),
+             method: str = typer.Option("supervised", "--method", "-m", help="supervised (labels), or self-supervised "
+                                        "simclr / moco (MoCo v2) on the training images"),
+             backbone: Optional[str] = BACKBONE, out: Optional[Path] = OUT,
              seed: int = SEED, epochs: Optional[int] = EPOCHS, lr: Optional[float] = LR,
              batch_size: Optional[int] = BATCH, image_size: Optional[int] = IMAGE_SIZE,
+             temperature: Optional[float] = typer.Option(None, "--temperature", help="simclr/moco: contrastive "
+                                                         "temperature (default 0.5 simclr, 0.2 moco)"),
+             queue_size: Optional[int] = typer.Option(None, "--queue-size", help="moco: negatives in the queue "
+                                                      "(default min(4096, half the images))"),
+             momentum: Optional[float] = typer.Option(None, "--momentum", help="moco: key-encoder EMA momentum "
+                                                      "(default 0.99)"),
+             view: Optional[List[str]] = typer.Option(None, "--view", help="simclr/moco augmentation, repeatable "
+                                                      "name=value: crop_scale=0.35,1 ratio=0.75,1.33 degrees=10 "
+                                                      "hflip=0.5 vflip=0 p_intensity=0.8 brightness=0.2 "
+                                                      "contrast=0.2 gamma=0.7,1.4 p_blur=0.5 blur_sigma=0.1,1.5"),
+             no_monitor: bool = typer.Option(False, "--no-monitor", help="simclr/moco: skip the k-NN AUC "
+                                             "monitor on the first dataset's val split (then the last epoch is kept)"),
              data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
              overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
-    """Supervised pretraining of a source model on a (large) labelled source dataset.
+    """Pretrain a source model: supervised on a labelled source dataset, or self-supervised (SimCLR, MoCo v2)
+    on the images of one or more datasets, labels ignored. Every transfer strategy takes the run folder as
+    --source (a self-supervised source always gets a new head for the target).
 
     Example: medtransfer pretrain --data medmnist:organamnist --backbone resnet18 --epochs 4 --out runs/organ-r18
+
+    Example: medtransfer pretrain --method simclr --data medmnist:pneumoniamnist --data medmnist:organamnist
+    --epochs 100 --batch-size 256 --view crop_scale=0.35,1 --out runs/simclr-r18
+
+    Example: medtransfer pretrain --method moco --data folder:./unlabelled_xrays --queue-size 4096 --out runs/moco
     """
     from . import api
 
-    result = api.pretrain(data, backbone=backbone, out=out, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
-                          image_size=image_size, data_root=data_root, target=target, group=group,
-                          overwrite=overwrite, accelerator=device, progress=not quiet)
-    show_result(result)
+    if method not in api.PRETRAIN_METHODS:
+        raise MedTransferError(f"unknown --method {method!r}; choose one of: {', '.join(api.PRETRAIN_METHODS)}")
+    ssl = {} if method == "supervised" else dict(monitor=not no_monitor)
+    ssl.update({k: v for k, v in dict(temperature=temperature, queue_size=queue_size, momentum=momentum,
+                                      views=view or None).items() if v is not None})
+    if method == "supervised" and (no_monitor or ssl):
+        given = [f"--{k.replace('_', '-')}" for k in ssl] + (["--no-monitor"] if no_monitor else [])
+        raise MedTransferError(f"{', '.join(given).replace('--views', '--view')} apply to --method simclr or moco")
+    result = api.pretrain(data, method=method, backbone=backbone, out=out, seed=seed, epochs=epochs, lr=lr,
+                          batch_size=batch_size, image_size=image_size, data_root=data_root, target=target,
+                          group=group, overwrite=overwrite, accelerator=device, progress=not quiet, **ssl)
+    if method == "supervised":
+        show_result(result)
+    else:
+        show_pretrain_result(result)
+
+
+def show_pretrain_result(result) -> None:
+    config, fit, monitor = result.config, result.metrics["fit"], result.metrics["monitor"]
+    table = Table(title=f"{config['method']} pretraining on {', '.join(config['data'])} "
+                        f"({config['n_images']} images, {config['backbone']})")
+    for column in ("", "value"):
+        table.add_column(column)
+    if monitor:
+        table.add_row(f"best k-NN AUC ({monitor['data']} val, n={monitor['n_val']})", f"{monitor['best']:.4f}")
+    table.add_row("epoch kept", f"{fit['best_epoch']} of {fit['epochs_run']}" + ("" if monitor else " (last: no monitor)"))
+    table.add_row("seconds (training and monitor)", f"{fit['seconds']:.1f}")
+    console.print(table)
+    if result.out:
+        console.print(f"run written to {result.out}; use it with: medtransfer transfer --source {result.out} …")
 
 
 @app.command()

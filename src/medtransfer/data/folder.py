@@ -1,10 +1,12 @@
 """`folder:<path>` datasets: a directory of 2D images (PNG/JPEG/BMP/TIFF/DICOM), one sub-folder per class.
 
-Two layouts are understood:
+Three layouts are understood:
 
 * class folders: ``path/<class>/*.png`` -- split here into train/val/test, seeded and stratified;
 * split folders: ``path/{train,val,test}/<class>/*.png`` -- the user's split is kept
-  (``val`` may be missing: then it is carved from train, seeded and stratified).
+  (``val`` may be missing: then it is carved from train, seeded and stratified);
+* a flat folder of unlabelled images: ``path/*.png`` (no sub-folder holds images) -- one pseudo-class
+  ``unlabelled`` and ``info["unlabelled"] = True``, for self-supervised pretraining.
 
 Every image is decoded once, into one float32 tensor (N, C, H, W) in [0, 1].
 Nothing is written into the user's folder.
@@ -66,6 +68,10 @@ def load_folder(
     if split_dirs:
         layout = "split-folders"
         classes, files, labels, split_of = _split_folder_layout(root, subdirs, val_fraction, seed)
+    elif (flat := _flat_files(root)) and not any(_image_files(d) for d in subdirs):
+        layout = "unlabelled"
+        classes, files, labels = ["unlabelled"], flat, np.zeros(len(flat), dtype=np.int64)
+        split_of = _stratified_split(labels, classes, val_fraction, test_fraction, seed, strict=False, where=root)
     else:
         layout = "class-folders"
         classes, files, labels, split_of = _class_folder_layout(root, subdirs, val_fraction, test_fraction, seed)
@@ -82,7 +88,8 @@ def load_folder(
         task="binary" if len(classes) == 2 else "multiclass",
         classes=classes,
         **splits,
-        info={"source": str(root), "layout": layout, "n_files": len(files)},
+        info={"source": str(root), "layout": layout, "n_files": len(files),
+              **({"unlabelled": True} if layout == "unlabelled" else {})},
     )
 
 
@@ -104,6 +111,12 @@ def _image_files(folder: Path) -> list[Path]:
             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
         ]
     return found
+
+
+def _flat_files(folder: Path) -> list[Path]:
+    """Images directly in folder (not below it)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:

@@ -5,6 +5,10 @@ decides *how*: Lightning Fabric for the device and precision (CPU, one GPU, or D
 seeded tensor-slice batches, warm-up + cosine learning rate, early stopping on validation AUC with
 the best weights restored. The validation score is also taken before the first step, so a transfer
 that only makes the source model worse ends where it started.
+
+Self-supervised pretraining (medtransfer.ssl) runs through the same loop: a method supplies its own
+`batch_loss` (two augmented views -> contrastive loss), `score_fn` (a k-NN monitor, or None for
+"no labels: keep the last epoch") and `after_step` (the MoCo momentum update).
 """
 
 from __future__ import annotations
@@ -109,33 +113,53 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
+def supervised_loss(task: str, modality: str, augment: bool) -> Callable:
+    """The default batch loss: batched on-device augmentation, then the task's criterion."""
+    criterion = loss_fn(task)
+
+    def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, generator: torch.Generator):
+        if augment:
+            xb = augment_batch(xb, modality, generator)
+        return criterion(model(xb), yb)
+    return batch_loss
+
+
 def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, task: str, modality: str,
-        config: TrainConfig, frozen: list[nn.Module] = (), extra_loss: Callable | None = None) -> FitResult:
-    """Train `model` in place; on return it holds the weights with the best validation score."""
+        config: TrainConfig, frozen: list[nn.Module] = (), extra_loss: Callable | None = None,
+        batch_loss: Callable | None = None, score_fn: Callable | None = None,
+        after_step: Callable | None = None, keep_initial: bool = True, score_name: str = "val AUC") -> FitResult:
+    """Train `model` in place; on return it holds the weights with the best validation score.
+
+    batch_loss(model, xb, yb, generator) -> loss replaces the supervised loss (default: augmentation +
+    cross-entropy); score_fn(model) -> float | None replaces the validation AUC (None means no monitor:
+    the last epoch is kept); after_step(model) runs after every optimizer step (e.g. a momentum update).
+    keep_initial=False logs the score before the first step but never returns the untrained weights.
+    """
     torch.manual_seed(config.seed)
     fabric = make_fabric(config.accelerator)
     optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     model, optimizer = fabric.setup(model, optimizer)
     device = fabric.device
     x_train, y_train = train.x.to(device), train.y.to(device)
-    criterion = loss_fn(task)
+    batch_loss = batch_loss or supervised_loss(task, modality, config.augment)
     batch_size = min(config.batch_size, len(train))
     steps_per_epoch = max(math.ceil(len(train) / batch_size), config.min_steps_per_epoch)
     passes = math.ceil(steps_per_epoch * batch_size / len(train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch)))
     generator = torch.Generator().manual_seed(config.seed)
-    y_val = val.y.numpy()
 
-    def validate() -> float:
-        return selection_score(y_val, predict_proba(model, val.x, task, config.eval_batch_size, device), task)
+    def validate() -> float | None:
+        if score_fn is not None:
+            return score_fn(model)
+        return selection_score(val.y.numpy(), predict_proba(model, val.x, task, config.eval_batch_size, device), task)
 
     start = time.perf_counter()
     best_score, best_epoch = validate(), 0
-    best_state = copy.deepcopy(model.state_dict())
     history = [{"epoch": 0, "val_score": best_score}]
+    best_state = copy.deepcopy(model.state_dict()) if keep_initial else None
     with progress_bar(config.progress) as bar:
-        job = bar.add_task(epoch_text(0, config.epochs, float("nan"), best_score), total=config.epochs)
+        job = bar.add_task(epoch_text(0, config.epochs, float("nan"), best_score, score_name), total=config.epochs)
         for epoch in range(1, config.epochs + 1):
             model.train()
             for module in frozen:  # frozen parts keep their BatchNorm statistics
@@ -146,33 +170,35 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
                 index = order[step * batch_size:(step + 1) * batch_size]
                 if len(index) < 2 and len(train) > 1:
                     continue  # a batch of one breaks BatchNorm and adds nothing
-                xb, yb = x_train[index], y_train[index]
-                if config.augment:
-                    xb = augment_batch(xb, modality, generator)
-                loss = criterion(model(xb), yb)
+                loss = batch_loss(model, x_train[index], y_train[index], generator)
                 if extra_loss is not None:
                     loss = loss + extra_loss()
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 optimizer.step()
                 scheduler.step()
+                if after_step is not None:
+                    after_step(model)
                 total_loss += loss.detach()
             score = validate()
             mean_loss = float(total_loss) / steps_per_epoch
             history.append({"epoch": epoch, "train_loss": mean_loss, "val_score": score})
-            if score > best_score:
+            if score is None or best_state is None or score > best_score:
                 best_score, best_epoch = score, epoch
                 best_state = copy.deepcopy(model.state_dict())
-            bar.update(job, advance=1, description=epoch_text(epoch, config.epochs, mean_loss, score))
+            bar.update(job, advance=1, description=epoch_text(epoch, config.epochs, mean_loss, score, score_name))
             if epoch - best_epoch >= config.patience:
                 break
         bar.remove_task(job)
-    model.load_state_dict(best_state)
+    if best_state is not None:  # None only when no epoch ran and the initial weights were not eligible
+        model.load_state_dict(best_state)
+    best_score = float("nan") if best_score is None else best_score
     return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history)
 
 
-def epoch_text(epoch: int, epochs: int, loss: float, score: float) -> str:
-    return f"epoch {epoch}/{epochs}  loss {loss:.4f}  val AUC {score:.4f}"
+def epoch_text(epoch: int, epochs: int, loss: float, score: float | None, score_name: str = "val AUC") -> str:
+    shown = "-" if score is None else f"{score:.4f}"
+    return f"epoch {epoch}/{epochs}  loss {loss:.4f}  {score_name} {shown}"
 
 
 OUTER_PROGRESS: list = []  # an enclosing bar (experiment cells): epoch bars join it, one live display

@@ -1,0 +1,159 @@
+"""Self-supervised pretraining: load one or more image datasets (labels ignored), pool their images,
+build the encoder and the method, and run the one training loop with the method's batch loss,
+momentum hook and k-NN monitor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from ..data import load_dataset
+from ..data.base import Split, TaskDataset
+from ..errors import MedTransferError
+from ..models.backbones import Classifier, create_model, default_spec, describe
+from ..training.augment import ViewConfig
+from ..training.loop import FitResult, TrainConfig, fit
+from .base import METHODS, ContrastiveMethod
+from .monitor import KNNMonitor
+
+# No early stopping by default: the monitor picks the checkpoint, every planned epoch runs.
+SSL_DEFAULTS = dict(epochs=50, batch_size=256, lr=1e-3, weight_decay=1e-4, patience=10**9, augment=True,
+                    min_steps_per_epoch=1)
+MONITOR_BANK, MONITOR_VAL = 2000, 1000  # labelled images the k-NN monitor embeds each epoch
+
+
+@dataclass
+class SSLResult:
+    encoder: Classifier  # preprocess -> pretrained backbone -> (untrained, 1-output) head
+    method: ContrastiveMethod
+    fit: FitResult
+    config: TrainConfig
+    n_images: int
+    monitor: dict | None  # {"name", "data", "n_bank", "n_val"} when a labelled validation set was found
+
+
+def split_specs(data) -> list[str]:
+    """`--data` given several times or as a comma list -> dataset specs."""
+    from ..models.sources import is_dataset_spec
+
+    items = [data] if isinstance(data, str) else list(data or [])
+    specs = []
+    for item in items:
+        parts = [p.strip() for p in str(item).split(",")]
+        specs += parts if len(parts) > 1 and all(is_dataset_spec(p) for p in parts) else [str(item)]
+    if not specs:
+        raise MedTransferError("no dataset given: pass --data (e.g. medmnist:pneumoniamnist)")
+    return specs
+
+
+def unlabelled_images(dataset: TaskDataset) -> torch.Tensor:
+    """Training images only (a target's val/test images must not leak into its source); an unlabelled
+    folder has no evaluation, so all of its images are used."""
+    if dataset.info.get("unlabelled"):
+        return torch.cat([dataset.train.x, dataset.val.x, dataset.test.x])
+    return dataset.train.x
+
+
+def conform(x: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """Images -> `channels` (RGB to grayscale by ITU-R 601 luma, as folder: and PIL do) and `size`."""
+    if x.shape[1] != channels:
+        if not (x.shape[1] == 3 and channels == 1):
+            raise MedTransferError(f"cannot pool {x.shape[1]}-channel images with {channels}-channel ones")
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if tuple(x.shape[2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0, 1)
+
+
+def combine_images(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate image tensors at one common size (the largest); grayscale when channels differ."""
+    channels = parts[0].shape[1] if len({p.shape[1] for p in parts}) == 1 else 1
+    size = (max(p.shape[2] for p in parts), max(p.shape[3] for p in parts))
+    return torch.cat([conform(p, channels, size) for p in parts])
+
+
+def make_monitor(dataset: TaskDataset, seed: int) -> KNNMonitor | None:
+    """k-NN AUC on the first dataset's labelled val split (bank: its labelled train images)."""
+    if dataset.info.get("unlabelled") or dataset.task == "multilabel" or dataset.num_classes < 2 \
+            or len(dataset.val) == 0 or len(dataset.train) == 0:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    bank = dataset.train.subset(torch.randperm(len(dataset.train), generator=g)[:MONITOR_BANK])
+    val = dataset.val.subset(torch.randperm(len(dataset.val), generator=g)[:MONITOR_VAL])
+    return KNNMonitor(bank, val, dataset.num_classes, dataset.task)
+
+
+def check_options(name: str, temperature: float | None, queue_size: int | None, momentum: float | None) -> None:
+    """Bad method options fail before any data is read."""
+    if name not in METHODS:
+        raise MedTransferError(f"unknown pretraining method {name!r}; choose supervised, {', '.join(METHODS)}")
+    try:
+        import lightly  # noqa: F401
+    except ImportError:
+        raise MedTransferError(f"--method {name} needs the lightly package: pip install 'medtransfer[ssl]'") from None
+    if temperature is not None and not temperature > 0:
+        raise MedTransferError(f"--temperature {temperature} must be positive (e.g. 0.2)")
+    if name != "moco" and (queue_size is not None or momentum is not None):
+        raise MedTransferError("--queue-size and --momentum apply to --method moco only")
+    if queue_size is not None and queue_size < 1:
+        raise MedTransferError(f"--queue-size {queue_size} must be a positive number of keys (e.g. 4096)")
+    if momentum is not None and not 0 <= momentum < 1:
+        raise MedTransferError(f"--momentum {momentum} must be in [0, 1) (e.g. 0.99)")
+
+
+def build_method(name: str, encoder: Classifier, views: ViewConfig, temperature: float | None,
+                 queue_size: int | None, momentum: float | None) -> ContrastiveMethod:
+    check_options(name, temperature, queue_size, momentum)
+    if name == "moco":
+        return METHODS[name](encoder, views, temperature=temperature, queue_size=queue_size, momentum=momentum)
+    return METHODS[name](encoder, views, temperature=temperature)
+
+
+def pretrain_ssl(data, method: str = "simclr", *, backbone: str | None = None, seed: int = 0,
+                 config: TrainConfig | None = None, image_size: int | None = None, data_root=None,
+                 temperature: float | None = None, queue_size: int | None = None, momentum: float | None = None,
+                 views: ViewConfig | dict | list[str] | None = None, monitor: bool = True,
+                 limit: int | None = None) -> SSLResult:
+    """Pretrain a 2D encoder on the images of `data` (labels ignored). `limit` keeps that many images
+    (seeded), for smoke tests and benchmarks."""
+    specs = split_specs(data)
+    check_options(method, temperature, queue_size, momentum)  # before any data is read
+    view_config = ViewConfig.parse(views)
+    datasets = [load_dataset(spec, data_root=data_root) for spec in specs]
+    for spec, dataset in zip(specs, datasets):
+        if dataset.modality != "image2d":
+            kind = "a table" if dataset.modality == "tabular" else "3D volumes"
+            raise MedTransferError(f"--method {method} takes 2D images, but {spec} is {kind}; "
+                                   "use --method supervised for it")
+    images = combine_images([unlabelled_images(d) for d in datasets])
+    if limit:
+        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit]]
+    if len(images) < 2:
+        raise MedTransferError(f"{', '.join(specs)} has {len(images)} training image(s); "
+                               "self-supervised pretraining needs at least 2")
+    config = config or TrainConfig(seed=seed, **SSL_DEFAULTS)
+    channels = images.shape[1]
+    torch.manual_seed(seed)
+    spec = default_spec("image2d", channels, image_size=image_size)
+    encoder = create_model(describe(backbone, "image2d", channels), spec, num_outputs=1)
+    if view_config.size is None:  # views are made at the backbone's input size (no second resize)
+        view_config = replace(view_config, size=spec.size)
+    if method == "moco" and queue_size is None:  # at most half the images: few stale keys of the query itself
+        batch = min(config.batch_size, len(images))
+        queue_size = min(4096, max(batch, len(images) // 2 // batch * batch))
+    ssl = build_method(method, encoder, view_config, temperature, queue_size, momentum)
+
+    first = datasets[0]
+    knn = make_monitor(first, seed) if monitor else None
+    if knn is not None:  # the monitor's images in the pooled format
+        knn.bank, knn.val = (Split(conform(s.x, channels, tuple(images.shape[2:])), s.y) for s in (knn.bank, knn.val))
+    train = Split(images, torch.zeros(len(images), dtype=torch.long))
+    result = fit(ssl, ssl.parameter_groups(), train, Split(images[:0], train.y[:0]), first.task, "image2d", config,
+                 batch_loss=ssl.batch_loss, score_fn=knn if knn is not None else (lambda model: None),
+                 after_step=ssl.after_step, keep_initial=False,
+                 score_name=f"{knn.name} ({specs[0]} val)" if knn is not None else "no monitor")
+    monitor_info = {"name": "knn_auc", "data": specs[0], "split": "val", "n_bank": len(knn.bank),
+                    "n_val": len(knn.val), "k": knn.k} if knn is not None else None
+    return SSLResult(ssl.encoder, ssl, result, config, len(images), monitor_info)
