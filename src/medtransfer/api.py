@@ -19,7 +19,7 @@ from .data import TaskDataset, apply_budget, load_dataset, parse_budget
 from .data.tabular import TabularEncoder
 from .errors import MedTransferError
 from .evaluation import compute_metrics
-from .models.backbones import Classifier, default_spec, describe
+from .models.backbones import Classifier, create_model, default_spec, describe
 from .models.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .models.sources import Source, check_compatible, is_dataset_spec, load_source_model
 from .runs import check_writable, commit_dir, default_run_dir, predictions_frame, staging_dir, write_json
@@ -165,12 +165,14 @@ def require_classifier(meta: dict, run: Path) -> None:
                                f"e.g. medtransfer transfer --source {run} --strategy linear-probe --data …")
 
 
-def cached_source(source_data: str, backbone: str | None, seed: int, options: dict) -> Path:
-    """Pretrain on a source dataset once per (dataset, backbone, settings); later calls reuse it."""
+def cached_source(source_data: str, backbone: str | None, seed: int, options: dict,
+                  architecture: dict | None = None) -> Path:
+    """Pretrain on a source dataset once per (dataset, architecture, settings); later calls reuse it.
+    The resolved architecture is part of the key, so a changed model definition is never served stale."""
     keep = {k: options.get(k) for k in ("image_size", "data_root", "target", "group", "accelerator")}
     keep["epochs"] = options.get("source_epochs")
-    key = json.dumps({"data": source_data, "backbone": backbone, "seed": seed, "version": __version__, **keep},
-                     sort_keys=True, default=str)
+    key = json.dumps({"data": source_data, "backbone": backbone, "seed": seed, "version": __version__,
+                      "architecture": architecture, **keep}, sort_keys=True, default=str)
     folder = cache_dir() / "sources" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not (folder / "model.json").is_file():
         settings = {k: v for k, v in keep.items() if k != "epochs"}
@@ -191,9 +193,13 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     `weights=False` saves the run without model.safetensors (experiment grids keep predictions only)."""
     started = time.perf_counter()
     chosen = get_strategy(strategy)
-    parse_budget(budget)
+    if parse_budget(budget) == 0 and not chosen.unlabelled_ok:
+        from .strategies import STRATEGIES
+        able = ", ".join(sorted(n for n, cls in STRATEGIES.items() if cls.unlabelled_ok))
+        raise MedTransferError(f"strategy {strategy!r} needs labelled target examples, so --budget 0 is refused; "
+                               f"give a budget such as 20, or use a strategy that needs no target labels: {able}")
     if save:
-        out = Path(out) if out else default_run_dir(data, strategy, budget or "all", f"s{seed}")
+        out = Path(out) if out else default_run_dir(data, strategy, "all" if budget is None else budget, f"s{seed}")
         check_writable(out, overwrite)
     load_opts = dict(data_root=data_root, target=target, group=group)
 
@@ -201,8 +207,11 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     if source and is_dataset_spec(source):
         source_data = load_dataset(source, **load_opts)
         if not isinstance(chosen, TabularBaseline) and chosen.name != "scratch":
+            architecture = describe(backbone, source_data.modality, source_data.in_channels,
+                                    len(source_data.info.get("features") or []))
             folder = cached_source(source, backbone, 0, dict(load_opts, image_size=image_size,
-                                   source_epochs=source_epochs, accelerator=accelerator, progress=progress))
+                                   source_epochs=source_epochs, accelerator=accelerator, progress=progress),
+                                   architecture)
             model, meta = load_checkpoint(folder)
             src = Source(model, f"pretrained on {source} ({folder})", meta["classes"], meta.get("encoder"))
     elif source:
@@ -227,12 +236,15 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
                           patience=patience, augment=augment)
     config.accelerator, config.progress = accelerator, progress
     ctx = TransferContext(budgeted, config, architecture, spec, src.model if src else None, source_data,
-                          src.classes if src else None)
+                          src.classes if src else None, unlabelled=dataset.train.x)
     model = chosen.run(ctx)
 
     metrics, frames = {}, []
     for split_name in ("val", "test"):  # the test split is touched once, here, after selection
         split = budgeted.split(split_name)
+        if len(split) == 0:  # budget 0: no labelled target validation examples
+            metrics[split_name] = {}
+            continue
         prob = predict_proba(model, split.x, dataset.task)
         metrics[split_name] = compute_metrics(split.y.numpy(), prob, dataset.task, n_boot=n_boot, seed=seed)
         frames.append(predictions_frame(split_name, split.y.numpy(), prob, dataset.classes))
@@ -246,7 +258,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
         "n_test": len(budgeted.test), "seed": seed, "backbone": architecture.get("name"),
         "architecture": architecture, "input": spec.to_dict(), "train": asdict(config), "target": target,
         "group": group, "data_root": str(data_root) if data_root else None, "classes": dataset.classes,
-        "task": dataset.task, "versions": versions(),
+        "task": dataset.task, "strategy_notes": ctx.notes, "versions": versions(),
     }
     result = RunResult(model, metrics, pd.concat(frames, ignore_index=True), resolved, None, budgeted)
     if save:
@@ -344,4 +356,125 @@ def predict(run: str | Path, inputs: str, data_root=None) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["pretrain", "pretrain_self_supervised", "transfer", "evaluate", "predict", "RunResult", "read_meta"]
+@torch.no_grad()
+def features_and_logits(model: Classifier, x: torch.Tensor, accelerator: str = "auto",
+                        batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features and head logits of `model` for `x`, in eval mode, in batches."""
+    device = "cuda" if accelerator in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    feats, logits = [], []
+    for i in range(0, len(x), batch_size):
+        f = model.features(x[i:i + batch_size].to(device)).float()
+        feats.append(f.cpu())
+        logits.append(model.head(f).float().cpu())
+    model.cpu()
+    if not feats:
+        return np.zeros((0, model.num_features), np.float32), np.zeros((0, model.head.out_features), np.float32)
+    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+
+
+def source_logistic_regression(source: TaskDataset, seed: int = 0) -> Classifier:
+    """The `source-only` baseline as a model: logistic regression on the source training rows, C
+    chosen on the source validation rows (what `shift` uses for tables when no --model is given)."""
+    from .strategies.base import fit_logistic_head
+    features = source.info.get("features") or []
+    arch = {"kind": "mlp", "name": "linear", "in_features": source.train.x.shape[1], "hidden": [], "dropout": 0.0}
+    model = create_model(arch, default_spec("tabular", 0, features), source.num_outputs)
+    fit_logistic_head(model, source.train.x.numpy(), source.train.y.numpy(), source.val.x.numpy(),
+                      source.val.y.numpy(), source.task, seed)
+    return model
+
+
+def shift(source: str, target: str, *, model: str | Path | None = None, out: str | Path | None = None,
+          overwrite: bool = False, save: bool = True, data_root=None, label_column: str | None = None,
+          group: str | None = None, seed: int = 0, n_perm: int = 1000, max_samples: int | None = 2000,
+          n_boot: int = 200, accelerator: str = "auto"):
+    """Diagnose the shift from the `source` dataset to the `target` dataset (no target labels used):
+    covariate shift (domain-classifier AUC, kernel MMD test), label shift (the target's class prior
+    by EM and BBSE from a source model's outputs) and where it is (per feature / per class).
+
+    `model`: a run folder holding the source model (its features are compared for images; its
+    outputs estimate the prior). Without it, tables get a logistic regression fitted on the source
+    training split; images need a model. Writes shift.md, shift.json and PNGs into `out` (default
+    shift/<source>_to_<target>) unless save=False. Returns the `ShiftDiagnosis`."""
+    from .evaluation.shift import diagnose, subsample
+    from .evaluation.shift_report import write_shift_report
+
+    if save:
+        out = Path(out) if out else default_run_dir(source, "to", target, root="shift")
+        check_writable(out, overwrite)
+    load_opts = dict(data_root=data_root, target=label_column, group=group)
+    notes, source_model, meta = [], None, {}
+    if model is not None:
+        source_model, meta = load_checkpoint(Path(model))
+    encoder = TabularEncoder.from_dict(meta["encoder"]) if meta.get("encoder") else None
+    src = load_dataset(source, **load_opts, encoder=encoder)
+    tgt = load_dataset(target, **load_opts, encoder=encoder or src.encoder)
+    if src.modality != tgt.modality:
+        raise MedTransferError(f"{source} is {src.modality} but {target} is {tgt.modality}: compare like with like")
+    if src.modality != "tabular" and src.input_shape != tgt.input_shape:
+        raise MedTransferError(f"{source} images are {tuple(src.input_shape)} but {target} images are "
+                               f"{tuple(tgt.input_shape)}; give datasets of one size (e.g. both @64)")
+    if source_model is not None:
+        check_compatible(source_model, src.modality, src.in_channels, src.info.get("features"))
+        trained_on = (meta.get("provenance") or {}).get("data")
+        description = f"run {model}" + (f" (trained on {trained_on})" if trained_on else "")
+        if trained_on and trained_on != source:
+            notes.append(f"The model was trained on {trained_on}, not on {source}: the source prior below is "
+                         f"{source}'s training prior, which need not be the one the model learned.")
+    elif src.modality == "tabular":
+        source_model = source_logistic_regression(src, seed)
+        description = "logistic regression fitted on the source training split (no --model given)"
+        notes.append("No --model given: the label-shift estimates use a logistic regression fitted on the source "
+                     "training split (C chosen on the source validation split), i.e. the `source-only` baseline.")
+    else:
+        raise MedTransferError(f"{source} holds images: shift needs the source model for their features and for the "
+                               "prior estimates; pass --model RUN (e.g. a run from `medtransfer pretrain --data "
+                               f"{source} --out runs/src`)")
+
+    rng = np.random.default_rng(seed)
+    xs = torch.cat([src.train.x, src.val.x, src.test.x])
+    xt = torch.cat([tgt.train.x, tgt.val.x, tgt.test.x])
+    yt = torch.cat([tgt.train.y, tgt.val.y, tgt.test.y]).numpy()
+    idx_s, idx_t = subsample(len(xs), max_samples, rng), subsample(len(xt), max_samples, rng)
+    if max_samples and (len(xs) > max_samples or len(xt) > max_samples):
+        notes.append(f"Covariate tests and prior estimates use a seeded random subsample of at most {max_samples} "
+                     "examples per site (--max-samples).")
+    feats_s, logits_s = features_and_logits(source_model, xs[idx_s], accelerator)
+    feats_t, logits_t = features_and_logits(source_model, xt[idx_t], accelerator)
+    if src.modality == "tabular":
+        rep_s, rep_t = xs[idx_s].numpy(), xt[idx_t].numpy()
+        representation = f"the {rep_s.shape[1]} encoded input features (encoded as at the source)"
+    else:
+        rep_s, rep_t = feats_s, feats_t
+        representation = f"the source model's {feats_s.shape[1]}-d backbone features"
+
+    label_ok = meta.get("task") != SELF_SUPERVISED_TASK and src.task != "multilabel"
+    model_classes = meta.get("classes", src.classes)
+    if label_ok and (model_classes != src.classes or tgt.classes != src.classes):
+        notes.append(f"Label shift not estimated: the model predicts {model_classes}, {source} has {src.classes}, "
+                     f"{target} has {tgt.classes}.")
+        label_ok = False
+    elif not label_ok:
+        notes.append("Label shift not estimated: it needs a single-label classifier trained on the source.")
+    label_args = {}
+    if label_ok:
+        _, logits_val = features_and_logits(source_model, src.val.x, accelerator)
+        k = src.num_classes
+        label_args = dict(logits_source_val=logits_val, y_source_val=src.val.y.numpy(), logits_source=logits_s,
+                          logits_target=logits_t,
+                          source_prior=np.bincount(src.train.y.numpy(), minlength=k) / len(src.train),
+                          true_target_prior=np.bincount(yt[idx_t], minlength=k) / len(idx_t))
+    diag = diagnose(source, target, src.modality, src.classes, rep_s, rep_t, representation,
+                    feature_names=src.info.get("features") if src.modality == "tabular" else None,
+                    model=description, seed=seed, n_perm=n_perm, n_boot=n_boot, notes=notes, **label_args)
+    if save:
+        stage = staging_dir(out)
+        write_shift_report(diag, stage)
+        commit_dir(stage, out)
+        diag.out = out
+    return diag
+
+
+__all__ = ["pretrain", "pretrain_self_supervised", "transfer", "evaluate", "predict", "shift", "RunResult",
+           "read_meta"]
