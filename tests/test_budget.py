@@ -29,13 +29,13 @@ def _ids(split):
 
 @pytest.mark.parametrize("text, expected", [
     ("40", 40), (40, 40), (" 7 ", 7), ("5%", 0.05), ("100%", None), ("all", None), ("ALL", None),
-    ("", None), (None, None), ("50%", 0.5),
+    ("", None), (None, None), ("50%", 0.5), ("0", 0), (0, 0),
 ])
 def test_parse_budget(text, expected):
     assert parse_budget(text) == expected
 
 
-@pytest.mark.parametrize("text", ["abc", "0", "150%", "-3", "0%", "2.5", "%", "-5%"])
+@pytest.mark.parametrize("text", ["abc", "150%", "-3", "0%", "2.5", "%", "-5%"])
 def test_parse_budget_rejects(text):
     with pytest.raises(MedTransferError, match="bad budget.*count like 40"):
         parse_budget(text)
@@ -45,6 +45,13 @@ def test_all_keeps_the_dataset():
     ds = _dataset()
     assert apply_budget(ds, "all") is ds
     assert apply_budget(ds, None) is ds
+
+
+def test_budget_zero_leaves_no_labelled_target_examples():
+    ds = _dataset()
+    out = apply_budget(ds, 0)
+    assert len(out.train) == 0 and len(out.val) == 0 and out.test is ds.test
+    assert out.train.x.shape[1:] == ds.train.x.shape[1:] and out.train.y.dtype == ds.train.y.dtype
 
 
 @pytest.mark.parametrize("n", [3, 10, 37, 100])

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["datasets", "strategies", "pretrain", "transfer", "evaluate", "predict", "demo"]
+COMMANDS = ["datasets", "strategies", "pretrain", "transfer", "shift", "evaluate", "predict", "demo"]
 
 
 def cli(*args, cwd=None):
@@ -27,6 +27,10 @@ def test_every_command_has_help_with_an_example(command):
     (["transfer", "--data", "heart:va", "--budget", "-4", "--strategy", "scratch"], "bad budget"),
     (["evaluate", "no-such-run"], "not a medtransfer run"),
     (["transfer", "--data", "nonsense", "--strategy", "scratch"], "bad dataset"),
+    (["transfer", "--data", "heart:va", "--source", "heart:cleveland", "--strategy", "full", "--budget", "0"],
+     "needs labelled target examples"),
+    (["transfer", "--data", "heart:va", "--strategy", "dann", "--budget", "0"], "needs --source to be a source dataset"),
+    (["shift", "--source", "heart:cleveland", "--target", "heart:mars"], "unknown heart site"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path):
     result = cli(*args, cwd=tmp_path)
@@ -54,3 +58,18 @@ def test_transfer_then_evaluate_and_predict(tmp_path):
     assert evaluated.returncode == 0 and "sensitivity" in evaluated.stdout
     predicted = cli("predict", str(run), "heart:switzerland", "--out", str(tmp_path / "p.csv"), cwd=tmp_path)
     assert predicted.returncode == 0 and (tmp_path / "p.csv").is_file()
+
+
+def test_strategies_lists_the_label_free_methods():
+    result = cli("strategies")
+    assert result.returncode == 0
+    for name in ("dann", "coral", "mmd", "prior-shift", "source-model"):
+        assert name in result.stdout
+
+
+def test_shift_writes_a_report(tmp_path):
+    result = cli("shift", "--source", "heart:cleveland", "--target", "heart:va", "--out", str(tmp_path / "va"),
+                 "--permutations", "100", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "domain classifier AUC" in result.stdout and "strong covariate shift" in result.stdout
+    assert (tmp_path / "va" / "shift.md").is_file() and (tmp_path / "va" / "shift.json").is_file()

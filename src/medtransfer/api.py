@@ -19,7 +19,7 @@ from .data import TaskDataset, apply_budget, load_dataset, parse_budget
 from .data.tabular import TabularEncoder
 from .errors import MedTransferError
 from .evaluation import compute_metrics
-from .models.backbones import Classifier, create_model, default_spec, describe
+from .models.backbones import Classifier, default_spec, describe
 from .models.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .models.sources import Source, check_compatible, is_dataset_spec, load_source_model
 from .runs import check_writable, commit_dir, default_run_dir, predictions_frame, staging_dir, write_json
@@ -373,16 +373,36 @@ def features_and_logits(model: Classifier, x: torch.Tensor, accelerator: str = "
     return torch.cat(feats).numpy(), torch.cat(logits).numpy()
 
 
-def source_logistic_regression(source: TaskDataset, seed: int = 0) -> Classifier:
-    """The `source-only` baseline as a model: logistic regression on the source training rows, C
-    chosen on the source validation rows (what `shift` uses for tables when no --model is given)."""
-    from .strategies.base import fit_logistic_head
-    features = source.info.get("features") or []
-    arch = {"kind": "mlp", "name": "linear", "in_features": source.train.x.shape[1], "hidden": [], "dropout": 0.0}
-    model = create_model(arch, default_spec("tabular", 0, features), source.num_outputs)
-    fit_logistic_head(model, source.train.x.numpy(), source.train.y.numpy(), source.val.x.numpy(),
-                      source.val.y.numpy(), source.task, seed)
-    return model
+def recorded_columns(source: TaskDataset, target: TaskDataset, limit: float = 0.5) -> tuple[list[int], list[str]]:
+    """Tables: indices of the encoded features whose column is recorded at the target (missing for at
+    most `limit` of its rows, or as often as at the source), and the names of the columns that are not.
+    A column mostly missing at one hospital was not measured there: imputed values carry no signal."""
+    missing_s, missing_t = source.info.get("missing", {}), target.info.get("missing", {})
+    dropped = [c for c, rate in missing_t.items() if rate > limit and missing_s.get(c, 0.0) <= limit]
+    names = source.info.get("features") or []
+    keep = [j for j, n in enumerate(names) if not any(n == c or n.startswith(c + "=") for c in dropped)]
+    return keep, dropped
+
+
+def source_logistic_logits(source: TaskDataset, keep: list[int], seed: int = 0):
+    """A logistic regression on the source training rows (features `keep`), C chosen by the source
+    validation log-loss (a probability model: calibration matters for prior estimates). Returns a
+    function x -> logits (binary: [-z/2, z/2], so softmax = sigmoid(z))."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    train_x, val_x = source.train.x.numpy()[:, keep], source.val.x.numpy()[:, keep]
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    labels = list(range(source.num_classes))
+    fits = [LogisticRegression(C=c, max_iter=5000, random_state=seed).fit((train_x - mean) / std,
+                                                                           source.train.y.numpy())
+            for c in (0.01, 0.1, 1.0, 10.0)]
+    clf = min(fits, key=lambda f: log_loss(source.val.y.numpy(), f.predict_proba((val_x - mean) / std), labels=labels))
+
+    def logits(x: torch.Tensor) -> np.ndarray:
+        z = clf.decision_function((x.numpy()[:, keep] - mean) / std)
+        return np.c_[-z / 2, z / 2] if z.ndim == 1 else z
+    return logits
 
 
 def shift(source: str, target: str, *, model: str | Path | None = None, out: str | Path | None = None,
@@ -395,8 +415,9 @@ def shift(source: str, target: str, *, model: str | Path | None = None, out: str
 
     `model`: a run folder holding the source model (its features are compared for images; its
     outputs estimate the prior). Without it, tables get a logistic regression fitted on the source
-    training split; images need a model. Writes shift.md, shift.json and PNGs into `out` (default
-    shift/<source>_to_<target>) unless save=False. Returns the `ShiftDiagnosis`."""
+    training split, on the variables recorded at both sites; images need a model. Writes shift.md,
+    shift.json and PNGs into `out` (default shift/<source>_to_<target>) unless save=False.
+    Returns the `ShiftDiagnosis`."""
     from .evaluation.shift import diagnose, subsample
     from .evaluation.shift_report import write_shift_report
 
@@ -412,9 +433,11 @@ def shift(source: str, target: str, *, model: str | Path | None = None, out: str
     tgt = load_dataset(target, **load_opts, encoder=encoder or src.encoder)
     if src.modality != tgt.modality:
         raise MedTransferError(f"{source} is {src.modality} but {target} is {tgt.modality}: compare like with like")
-    if src.modality != "tabular" and src.input_shape != tgt.input_shape:
-        raise MedTransferError(f"{source} images are {tuple(src.input_shape)} but {target} images are "
-                               f"{tuple(tgt.input_shape)}; give datasets of one size (e.g. both @64)")
+    missing = []
+    if src.modality == "tabular":
+        rates_s, rates_t = src.info.get("missing", {}), tgt.info.get("missing", {})
+        missing = sorted(({"column": c, "source": rates_s.get(c, 0.0), "target": r} for c, r in rates_t.items()
+                          if abs(r - rates_s.get(c, 0.0)) >= 0.1), key=lambda m: -abs(m["target"] - m["source"]))
     if source_model is not None:
         check_compatible(source_model, src.modality, src.in_channels, src.info.get("features"))
         trained_on = (meta.get("provenance") or {}).get("data")
@@ -422,11 +445,15 @@ def shift(source: str, target: str, *, model: str | Path | None = None, out: str
         if trained_on and trained_on != source:
             notes.append(f"The model was trained on {trained_on}, not on {source}: the source prior below is "
                          f"{source}'s training prior, which need not be the one the model learned.")
+        logit_fn = lambda x: features_and_logits(source_model, x, accelerator)[1]  # noqa: E731
     elif src.modality == "tabular":
-        source_model = source_logistic_regression(src, seed)
+        keep, dropped = recorded_columns(src, tgt)
+        logit_fn = source_logistic_logits(src, keep, seed)
         description = "logistic regression fitted on the source training split (no --model given)"
         notes.append("No --model given: the label-shift estimates use a logistic regression fitted on the source "
-                     "training split (C chosen on the source validation split), i.e. the `source-only` baseline.")
+                     "training split, C chosen by the source validation log-loss"
+                     + (f", without the columns mostly missing at the target ({', '.join(dropped)}): imputed "
+                        "values there would be read as a change in disease" if dropped else "") + ".")
     else:
         raise MedTransferError(f"{source} holds images: shift needs the source model for their features and for the "
                                "prior estimates; pass --model RUN (e.g. a run from `medtransfer pretrain --data "
@@ -440,14 +467,12 @@ def shift(source: str, target: str, *, model: str | Path | None = None, out: str
     if max_samples and (len(xs) > max_samples or len(xt) > max_samples):
         notes.append(f"Covariate tests and prior estimates use a seeded random subsample of at most {max_samples} "
                      "examples per site (--max-samples).")
-    feats_s, logits_s = features_and_logits(source_model, xs[idx_s], accelerator)
-    feats_t, logits_t = features_and_logits(source_model, xt[idx_t], accelerator)
     if src.modality == "tabular":
         rep_s, rep_t = xs[idx_s].numpy(), xt[idx_t].numpy()
         representation = f"the {rep_s.shape[1]} encoded input features (encoded as at the source)"
     else:
-        rep_s, rep_t = feats_s, feats_t
-        representation = f"the source model's {feats_s.shape[1]}-d backbone features"
+        rep_s, rep_t = (features_and_logits(source_model, x[i], accelerator)[0] for x, i in ((xs, idx_s), (xt, idx_t)))
+        representation = f"the source model's {rep_s.shape[1]}-d backbone features"
 
     label_ok = meta.get("task") != SELF_SUPERVISED_TASK and src.task != "multilabel"
     model_classes = meta.get("classes", src.classes)
@@ -459,15 +484,15 @@ def shift(source: str, target: str, *, model: str | Path | None = None, out: str
         notes.append("Label shift not estimated: it needs a single-label classifier trained on the source.")
     label_args = {}
     if label_ok:
-        _, logits_val = features_and_logits(source_model, src.val.x, accelerator)
         k = src.num_classes
-        label_args = dict(logits_source_val=logits_val, y_source_val=src.val.y.numpy(), logits_source=logits_s,
-                          logits_target=logits_t,
+        label_args = dict(logits_source_val=logit_fn(src.val.x), y_source_val=src.val.y.numpy(),
+                          logits_source=logit_fn(xs[idx_s]), logits_target=logit_fn(xt[idx_t]),
                           source_prior=np.bincount(src.train.y.numpy(), minlength=k) / len(src.train),
                           true_target_prior=np.bincount(yt[idx_t], minlength=k) / len(idx_t))
     diag = diagnose(source, target, src.modality, src.classes, rep_s, rep_t, representation,
                     feature_names=src.info.get("features") if src.modality == "tabular" else None,
                     model=description, seed=seed, n_perm=n_perm, n_boot=n_boot, notes=notes, **label_args)
+    diag.missing = missing
     if save:
         stage = staging_dir(out)
         write_shift_report(diag, stage)

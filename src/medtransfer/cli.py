@@ -20,7 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Transfer learning on medical data: source model -> transfer -> clinical evaluation.")
 console = Console()
 
-DATA = typer.Option(..., "--data", "-d", help="dataset: medmnist:<flag>[@size], folder:<path>, csv:<path>, heart:<site>")
+DATA = typer.Option(..., "--data", "-d", help="dataset: medmnist:<flag>[@size], folder:<path>, csv:<path>, heart:<site>, "
+                    "shift:<kind>[:<strength>]:<dataset>")
 DATA_ROOT = typer.Option(None, "--data-root", envvar="MEDTRANSFER_DATA", help="folder with MedMNIST .npz files")
 TARGET = typer.Option(None, "--target", help="label column (csv: datasets)")
 GROUP = typer.Option(None, "--group", help="patient/group column for patient-level splits (csv:)")
@@ -66,7 +67,7 @@ def strategies():
     from .strategies import STRATEGIES
 
     for name, cls in sorted(STRATEGIES.items()):
-        console.print(f"[bold]{name:13s}[/bold] {cls.summary}")
+        console.print(f"[bold]{name:16s}[/bold] {cls.summary}")
 
 
 @app.command()
@@ -139,10 +140,14 @@ def show_pretrain_result(result) -> None:
 
 @app.command()
 def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy", "-s",
-             help="scratch, linear-probe, head, partial, full, lp-ft; tabular: target-only, source-only, pooled"),
+             help="scratch, linear-probe, head, partial, full, lp-ft, l2-sp; no target labels needed: source-model, "
+             "prior-shift, prior-shift-bbse, dann, coral, mmd; tabular: target-only, source-only, pooled "
+             "(see `medtransfer strategies`)"),
              source: Optional[str] = typer.Option(None, "--source", help="run folder, weights file, "
-             "imagenet:efficientnet_lite0, timm:<name>, or a source dataset (pretrained first, cached)"),
-             budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target examples: 40, 5% or all"),
+             "imagenet:efficientnet_lite0, timm:<name>, or a source dataset (pretrained first, cached; dann, coral, "
+             "mmd and prior-shift need a source dataset)"),
+             budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target examples: 40, 5%, all, or 0 "
+                                                  "(none: source-only, source-model, prior-shift, dann, coral, mmd)"),
              backbone: Optional[str] = BACKBONE, seed: int = SEED, out: Optional[Path] = OUT,
              epochs: Optional[int] = EPOCHS, lr: Optional[float] = LR, batch_size: Optional[int] = BATCH,
              image_size: Optional[int] = IMAGE_SIZE,
@@ -152,6 +157,9 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
     """Move a source model to a target dataset with a strategy; evaluate on the target's test split.
 
     Example: medtransfer transfer --data heart:hungary --source heart:cleveland --strategy full --budget 20
+
+    Example (no target labels): medtransfer transfer --data shift:gamma:medmnist:pneumoniamnist
+    --source medmnist:pneumoniamnist --strategy dann --budget 0
     """
     from . import api
 
@@ -160,6 +168,57 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                           lr=lr, batch_size=batch_size, image_size=image_size, source_epochs=source_epochs,
                           accelerator=device, progress=not quiet)
     show_result(result)
+
+
+@app.command("shift")
+def shift_command(
+        source: str = typer.Option(..., "--source", help="source dataset, where the model was trained "
+                                   "(e.g. heart:cleveland, medmnist:pneumoniamnist)"),
+        target: str = typer.Option(..., "--target", help="target dataset, the other hospital (e.g. heart:va, "
+                                   "shift:gamma:medmnist:pneumoniamnist); its labels are not used"),
+        model: Optional[Path] = typer.Option(None, "--model", help="run folder of the source model (its features "
+                                             "are compared for images, its outputs estimate the prior); tables "
+                                             "default to a logistic regression fitted on the source"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                           help="report folder (default shift/<source>_to_<target>)"),
+        seed: int = typer.Option(0, "--seed", help="seed for folds, permutations, bootstrap and subsampling"),
+        permutations: int = typer.Option(1000, "--permutations", min=0, help="MMD permutation-test draws"),
+        max_samples: int = typer.Option(2000, "--max-samples", min=10, help="at most this many examples per site"),
+        label_column: Optional[str] = typer.Option(None, "--label-column", help="label column (csv: datasets)"),
+        group: Optional[str] = GROUP, data_root: Optional[Path] = DATA_ROOT, overwrite: bool = OVERWRITE,
+        device: str = DEVICE):
+    """Diagnose how a target hospital differs from the source, without target labels: covariate shift
+    (domain-classifier AUC, kernel MMD test), label shift (target prevalence by EM and BBSE) and which
+    features or classes shift most. Writes shift.md, shift.json and plots.
+
+    Example: medtransfer shift --source heart:cleveland --target heart:switzerland --out shift/switzerland
+
+    Example: medtransfer shift --source medmnist:pneumoniamnist --target shift:blur:1.5:medmnist:pneumoniamnist
+    --model runs/pneumonia-r18
+    """
+    from . import api
+
+    diag = api.shift(source, target, model=model, out=out, overwrite=overwrite, data_root=data_root,
+                     label_column=label_column, group=group, seed=seed, n_perm=permutations,
+                     max_samples=max_samples, accelerator=device)
+    table = Table(title=f"shift {source} -> {target}")
+    for column in ("measure", "value"):
+        table.add_column(column)
+    d, m = diag.domain, diag.mmd
+    table.add_row("domain classifier AUC [95% CI]", f"{d['auc']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]")
+    table.add_row("kernel MMD² (permutation p)", f"{m['mmd2']:.4f} (p = {m['p']:.3g})")
+    if diag.label is not None:
+        lab = diag.label
+        for k, name in enumerate(diag.classes):
+            truth = f", labels {lab['true'][k]:.3f}" if "true" in lab else ""
+            table.add_row(f"prior '{name}': source -> EM / BBSE",
+                          f"{lab['source'][k]:.3f} -> {lab['em'][k]:.3f} / {lab['bbse'][k]:.3f}{truth}")
+    console.print(table)
+    from .evaluation.shift import readings
+    for line in readings(diag):
+        console.print(f"- {line}", highlight=False)
+    if diag.out:
+        console.print(f"report written to {diag.out / 'shift.md'}")
 
 
 @app.command()

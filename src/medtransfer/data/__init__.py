@@ -1,4 +1,5 @@
-"""Datasets by scheme: `medmnist:<flag>[@size]`, `folder:<path>`, `csv:<path>`, `heart:<site>`."""
+"""Datasets by scheme: `medmnist:<flag>[@size]`, `folder:<path>`, `csv:<path>`, `heart:<site>`, and
+`shift:<kind>[:<strength>]:<dataset>` (a known acquisition shift of an image dataset)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ SCHEMES = {
     "folder": "one sub-folder per class (PNG/JPEG/DICOM), optional train/val/test folders, e.g. folder:./xrays",
     "csv": "a table with --target COLUMN (and --group COLUMN for patient-level splits), e.g. csv:./labs.csv",
     "heart": "built-in UCI Heart Disease site: cleveland, hungary, switzerland or va, e.g. heart:hungary",
+    "shift": "an image dataset under a known, seeded acquisition shift (every split, labels kept): "
+             "shift:<kind>[:<strength>]:<dataset>, kind gamma, contrast, brightness, blur, noise, lowres or "
+             "scanner, e.g. shift:gamma:1.8:medmnist:pneumoniamnist",
 }
 
 
@@ -27,6 +31,10 @@ def load_dataset(spec: str, *, data_root=None, target: str | None = None, group:
     if scheme == "folder":
         from .folder import load_folder
         return load_folder(arg, seed=split_seed)
+    if scheme == "shift":
+        from .shift import load_shifted
+        return load_shifted(arg, data_root=data_root, target=target, group=group, encoder=encoder,
+                            split_seed=split_seed)
     from .tabular import load_csv, load_heart
     if scheme == "csv":
         return load_csv(arg, target, group, encoder=encoder, split_seed=split_seed)

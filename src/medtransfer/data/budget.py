@@ -10,7 +10,9 @@ from .base import TaskDataset
 
 
 def parse_budget(budget: str | int | float | None) -> int | float | None:
-    """'40' -> 40 examples, '5%' -> 0.05 of the training split, None/'all' -> everything."""
+    """'40' -> 40 examples, '5%' -> 0.05 of the training split, None/'all' -> everything,
+    '0' -> 0: no labelled target examples at all (only the strategies that adapt without target
+    labels accept it; `transfer` checks that)."""
     if budget is None or str(budget).strip().lower() in {"", "all", "100%"}:
         return None
     text = str(budget).strip()
@@ -21,11 +23,12 @@ def parse_budget(budget: str | int | float | None) -> int | float | None:
                 raise ValueError
             return fraction
         count = int(text)
-        if count < 1:
+        if count < 0:
             raise ValueError
         return count
     except ValueError:
-        raise MedTransferError(f"bad budget {budget!r}: use a count like 40, a share like 5%, or all") from None
+        raise MedTransferError(f"bad budget {budget!r}: use a count like 40, a share like 5%, all, "
+                               "or 0 (no target labels)") from None
 
 
 def stratified_sample(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -51,10 +54,14 @@ def stratified_sample(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 def apply_budget(dataset: TaskDataset, budget, seed: int = 0) -> TaskDataset:
     """Keep `budget` labelled training examples, and no more labelled validation examples than that:
-    a team with 20 labels does not also have 500 for model selection."""
+    a team with 20 labels does not also have 500 for model selection. Budget 0 leaves both the train
+    and the val split empty (the unlabelled target images/rows stay available to a strategy through
+    `TransferContext.unlabelled`; model selection then uses the source's validation split)."""
     parsed = parse_budget(budget)
     if parsed is None:
         return dataset
+    if parsed == 0:
+        return dataset.with_splits(train=dataset.train.subset([]), val=dataset.val.subset([]))
     n_train = len(dataset.train)
     n = max(1, round(parsed * n_train)) if isinstance(parsed, float) else parsed
     if n > n_train:

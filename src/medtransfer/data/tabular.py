@@ -133,7 +133,8 @@ def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str 
                                    "add rows of that class or merge classes")
     return TaskDataset(name=name, modality="tabular", task="binary" if len(classes) == 2 else "multiclass",
                        classes=classes, train=train, val=val, test=test, encoder=encoder,
-                       info={"features": encoder.feature_names, "rows": len(frame)})
+                       info={"features": encoder.feature_names, "rows": len(frame),
+                             "missing": {c: float(frame[c].isna().mean()) for c in features}})
 
 
 def load_csv(path: str | Path, target: str | None, group: str | None = None,

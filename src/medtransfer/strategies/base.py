@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -43,12 +43,21 @@ class TransferContext:
     source_data: TaskDataset | None = None  # tabular baselines fit on source rows
     source_classes: list[str] | None = None  # the source model's own task, when known
     fit_result: FitResult | None = None
+    # The target's whole training split without its labels (every example, not only the budgeted
+    # ones): what domain adaptation and prior-shift correction learn from. None when not given.
+    unlabelled: torch.Tensor | None = None
+    notes: dict = field(default_factory=dict)  # what a strategy decided (selection split, estimated prior)
 
-    def fit(self, model: Classifier, groups: list[dict], frozen: list[nn.Module] = (), extra_loss=None,
-            **overrides) -> Classifier:
+    def fit(self, model: nn.Module, groups: list[dict], frozen: list[nn.Module] = (), extra_loss=None,
+            *, train=None, val=None, batch_loss=None, score_fn=None, keep_initial: bool = True,
+            **overrides) -> nn.Module:
+        """The one training loop on the labelled target data (or on `train` / `val` when a strategy
+        trains on more than the target's labels, e.g. source + target for domain adaptation)."""
         config = replace(self.config, **overrides) if overrides else self.config
-        self.fit_result = fit(model, groups, self.target.train, self.target.val, self.target.task,
-                              self.target.modality, config, frozen=list(frozen), extra_loss=extra_loss)
+        self.fit_result = fit(model, groups, self.target.train if train is None else train,
+                              self.target.val if val is None else val, self.target.task,
+                              self.target.modality, config, frozen=list(frozen), extra_loss=extra_loss,
+                              batch_loss=batch_loss, score_fn=score_fn, keep_initial=keep_initial)
         return model
 
     def require_source_model(self, strategy: str) -> Classifier:
@@ -70,6 +79,8 @@ class TransferContext:
 class Strategy(ABC):
     name = ""
     summary = ""
+    # True for the strategies that work without any labelled target example (--budget 0).
+    unlabelled_ok = False
 
     @abstractmethod
     def run(self, ctx: TransferContext) -> Classifier:

@@ -44,6 +44,7 @@ class TargetOnly(TabularBaseline):
 class SourceOnly(TabularBaseline):
     name = "source-only"
     summary = "logistic regression fitted at the source site, applied unchanged to the target"
+    unlabelled_ok = True
 
     def rows(self, ctx):
         s = self.source_data(ctx)
