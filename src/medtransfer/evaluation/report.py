@@ -47,8 +47,12 @@ def write_report(exp_dir, n_boot: int = 1000, seed: int = 0) -> tuple[Path, Path
         raise FileNotFoundError(f"{exp / 'results.csv'} not found; run the experiment first (medtransfer experiment).")
     rows, preds, failed = _load(exp)
     blocks = _summary(rows, failed, n_boot, seed)
-    for (target, backbone), group in rows.groupby(["target", "backbone"], sort=True):
-        blocks += _target_section(target, backbone, group, preds, failed, n_boot, seed)
+    for target, group in rows.groupby("target", sort=True):  # every method of a target meets the same baselines
+        group = group.copy()
+        several = group.groupby(["strategy", "source"])["backbone"].transform("nunique") > 1
+        group.loc[several, "method"] = group.loc[several, "method"] + " · " + group.loc[several, "backbone"]
+        backbones = ", ".join(sorted(set(group["backbone"].astype(str))))
+        blocks += _target_section(target, backbones, group, preds, failed, n_boot, seed)
     if failed:
         blocks += [("h2", "Failed or missing cells"),
                    ("table", ["cell", "target", "method", "budget", "seed", "reason"], failed)]
@@ -181,7 +185,7 @@ def _summary(rows, failed, n_boot, seed):
 
 
 def _target_section(target, backbone, group, preds, failed, n_boot, seed):
-    """Curves, the AUC table, the comparisons and diagnostics for one (target, backbone)."""
+    """Curves, the AUC table, the comparisons and diagnostics for one target (all its backbones)."""
     keys = [(preds[c][0].shape, preds[c][0].tobytes()) for c in group["cell_id"]]
     common = Counter(keys).most_common(1)[0][0]  # the fixed test split that (almost) every cell shares
     for (_, row), key in zip(group.iterrows(), keys):
