@@ -116,25 +116,26 @@ def test_experiment_writes_cells_table_and_mlflow_and_resumes(tmp_path):
 
 
 def test_kill_9_mid_run_loses_nothing_written(tmp_path):
-    config = write(tmp_path, TINY.replace("seeds: 2", "seeds: 4").replace("epochs: 3", "epochs: 30"))
+    config = write(tmp_path, TINY.replace("seeds: 2", "seeds: 8").replace("epochs: 3", "epochs: 30"))
     out = tmp_path / "exp"
     command = [sys.executable, "-m", "medtransfer.cli", "experiment", str(config), "--out", str(out), "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
-        if (out / "results.csv").is_file() and len(pd.read_csv(out / "results.csv")) >= 3:
+        if len(list(out.glob("cells/*/metrics.json"))) >= 3:
             break
         time.sleep(0.2)
     assert process.poll() is None, "the experiment finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    before = pd.read_csv(out / "results.csv")
-    assert 3 <= len(before) < 16 and before.cell_id.is_unique
+    finished = len(list(out.glob("cells/*/metrics.json")))
+    before = pd.read_csv(out / "results.csv")  # written every few seconds: at most the finished cells
+    assert 1 <= len(before) <= finished < 32 and before.cell_id.is_unique
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     after = pd.read_csv(out / "results.csv")
-    assert len(after) == 16 and after.cell_id.is_unique
+    assert len(after) == 32 and after.cell_id.is_unique
     assert set(before.cell_id) <= set(after.cell_id)
     common = after.set_index("cell_id").loc[before.cell_id, "test_auc"]
     assert list(common) == list(before.test_auc)  # finished cells were not re-run

@@ -114,7 +114,7 @@ def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str 
         raise MedTransferError(f"{name}: labels {sorted(unknown)} are not among the classes {classes}")
     if len(classes) < 2:
         raise MedTransferError(f"{name}: target {target!r} has a single class {classes}; need two or more")
-    y = labels.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    y = np.array(labels.map({c: i for i, c in enumerate(classes)}), dtype=np.int64)  # a writable copy
     groups = frame[group].astype(str).to_numpy() if group else None
     try:
         parts = split_indices(y, groups, split_seed, val_fraction, test_fraction)
