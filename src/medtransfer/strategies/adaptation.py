@@ -22,6 +22,8 @@ source well. `TransferContext.notes["selection"]` records which one was used.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import math
 
 import torch
@@ -154,8 +156,9 @@ class AdaptationStrategy(Strategy):
     unlabelled_ok = True
     weight = 1.0
 
+    @abstractmethod
     def alignment(self, ctx: TransferContext) -> nn.Module:
-        raise NotImplementedError
+        """The loss module that aligns source and target features (it may hold parameters)."""
 
     def run(self, ctx: TransferContext) -> Classifier:
         require_adaptation_data(ctx, self.name)
