@@ -21,23 +21,18 @@ passes per image plus their backward); seconds on a GPU.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
 
 import torch
 
+from bench_common import base_parser, setup, sync
 from medtransfer.data import Split, load_dataset
 from medtransfer.models.backbones import create_model, default_spec, describe
 from medtransfer.ssl.simclr import SimCLR
 from medtransfer.training.augment import ViewConfig, two_views
 from medtransfer.training.loop import TrainConfig, fit
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bare_epoch(method: SimCLR, x: torch.Tensor, config: TrainConfig, views: ViewConfig,
@@ -80,21 +75,9 @@ def timed_fit(method: SimCLR, train: Split, config: TrainConfig, epochs: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default="../shared/data/medmnist")
-    parser.add_argument("--n", type=int, default=512, help="training images (0 = all)")
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave default)")
-    parser.add_argument("--max-ratio", type=float, default=1.15)
+    parser = base_parser(__doc__, n=512, batch_size=128)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    accelerator = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    device = torch.device(accelerator)
+    accelerator, device = setup(args)
 
     data = load_dataset("medmnist:pneumoniamnist", data_root=args.data_root)
     x = data.train.x[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:args.n or None]]

@@ -61,6 +61,17 @@ class AdaptationModel(nn.Module):
         return loss + self.weight * self.alignment(source[:, self.aligned].float(), target[:, self.aligned].float())
 
 
+class PairLoss(nn.Module):
+    """A parameter-free alignment loss(source features, target features) as a module (CORAL, MMD)."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(source, target)
+
+
 def learned_features(classifier: Classifier) -> slice:
     """The part of the features that training can move: all of them, except for the wide-and-deep
     tabular MLP, whose features begin with the raw inputs passed through unchanged (aligning those is

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adaptation import AdaptationStrategy
+from .adaptation import AdaptationStrategy, PairLoss
 from .base import TransferContext, register
 
 
@@ -22,15 +22,10 @@ def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (mean_s - mean_t).pow(2).mean() + (cov_s - cov_t).pow(2).mean()
 
 
-class CorrelationAlignmentLoss(nn.Module):
-    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return coral_loss(source, target)
-
-
 @register
 class CORAL(AdaptationStrategy):
     name = "coral"
     summary = "Deep CORAL: match source and target feature means and covariances (Sun & Saenko 2016)"
 
     def alignment(self, ctx: TransferContext) -> nn.Module:
-        return CorrelationAlignmentLoss()
+        return PairLoss(coral_loss)

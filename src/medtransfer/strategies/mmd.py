@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adaptation import AdaptationStrategy
+from .adaptation import AdaptationStrategy, PairLoss
 from .base import TransferContext, register
 
 KERNEL_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -30,15 +30,10 @@ def mk_mmd(source: torch.Tensor, target: torch.Tensor, scales=KERNEL_SCALES) -> 
     return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
 
 
-class MultipleKernelMMD(nn.Module):
-    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return mk_mmd(source, target)
-
-
 @register
 class MMD(AdaptationStrategy):
     name = "mmd"
     summary = "DAN: minimise a multi-kernel Gaussian MMD between source and target features (Long et al. 2015)"
 
     def alignment(self, ctx: TransferContext) -> nn.Module:
-        return MultipleKernelMMD()
+        return PairLoss(mk_mmd)
