@@ -3,6 +3,7 @@ update and the queue, the view pipeline, the loop hooks, and an SSL checkpoint u
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -345,8 +346,22 @@ def test_ssl_run_is_a_source_for_linear_probe_and_full(tmp_path, method):
 def test_cli_rejects_tabular_data_and_supervised_only_misuse(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     for args, message in [(["--method", "simclr", "--data", "heart:va"], "takes 2D images"),
-                          (["--data", "heart:va", "--temperature", "0.1"], "apply to --method simclr or moco")]:
+                          (["--data", "heart:va", "--temperature", "0.1"], "apply to --method simclr or moco"),
+                          (["--data", "heart:va", "--limit", "5"], "apply to --method simclr or moco")]:
         result = subprocess.run([sys.executable, "-m", "medtransfer.cli", "pretrain", *args, "--out",
                                  str(tmp_path / "r")], capture_output=True, text=True, env=env, cwd=tmp_path)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_cli_limit_pretrains_on_a_seeded_subset(tmp_path):
+    images = tmp_path / "unlabelled"
+    _write_flat_folder(images)
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "medtransfer.cli", "pretrain", "--method", "simclr", "--data",
+                             f"folder:{images}", "--limit", "6", "--epochs", "1", "--batch-size", "4",
+                             "--image-size", "32", "--device", "cpu", "--quiet", "--out", str(run)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["n_images"] == 6 and config["limit"] == 6

@@ -91,6 +91,8 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
                                                       "contrast=0.2 gamma=0.7,1.4 p_blur=0.5 blur_sigma=0.1,1.5"),
              no_monitor: bool = typer.Option(False, "--no-monitor", help="simclr/moco: skip the k-NN AUC "
                                              "monitor on the first dataset's val split (then the last epoch is kept)"),
+             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="simclr/moco: pretrain on this many "
+                                                 "images drawn (seeded) from the pooled training images"),
              data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
              overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
     """Pretrain a source model: supervised on a labelled source dataset, or self-supervised (SimCLR, MoCo v2)
@@ -110,7 +112,7 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
         raise MedTransferError(f"unknown --method {method!r}; choose one of: {', '.join(api.PRETRAIN_METHODS)}")
     ssl = {} if method == "supervised" else dict(monitor=not no_monitor)
     ssl.update({k: v for k, v in dict(temperature=temperature, queue_size=queue_size, momentum=momentum,
-                                      views=view or None).items() if v is not None})
+                                      views=view or None, limit=limit).items() if v is not None})
     if method == "supervised" and (no_monitor or ssl):
         given = [f"--{k.replace('_', '-')}" for k in ssl] + (["--no-monitor"] if no_monitor else [])
         raise MedTransferError(f"{', '.join(given).replace('--views', '--view')} apply to --method simclr or moco")
