@@ -21,7 +21,9 @@ Smoke test (about a minute on 2 CPU cores):
         --out /tmp/ssl-smoke --fresh
 
 Runtime with the defaults (resnet18 at 64 px, 39k pooled images, 100 epochs per method): hours on
-CPU; on one H100 roughly 15-30 s per epoch per method.
+CPU; on one H100 roughly 15-30 s per epoch per method. The CPU-sized version that was measured
+(32 px, 12,000 pooled images, 15 and 30 epochs, as an experiment grid with a report) is
+examples/ssl.yaml; its header has the commands, times and results.
 """
 
 from __future__ import annotations
