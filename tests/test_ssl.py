@@ -354,7 +354,7 @@ def test_cli_rejects_tabular_data_and_supervised_only_misuse(tmp_path):
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
 
 
-def test_cli_limit_pretrains_on_a_seeded_subset(tmp_path):
+def test_cli_limit_pretrains_on_that_many_images(tmp_path):
     images = tmp_path / "unlabelled"
     _write_flat_folder(images)
     run = tmp_path / "run"
