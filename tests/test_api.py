@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import medtransfer as mt
 from medtransfer.data.tabular import heart_frame
@@ -75,6 +76,22 @@ def test_a_run_is_a_source_for_the_next_transfer(heart_run):
                          progress=False, n_boot=0)
     assert result.config["source_description"].startswith("run ")
     assert result.metrics["test"]["auc"]["value"] > 0.5
+
+
+def test_split_seed_redraws_the_target_split_and_evaluate_follows_it(tmp_path):
+    run = mt.transfer("heart:switzerland", "target-only", budget=10, split_seed=3, out=tmp_path / "run",
+                      progress=False, n_boot=20)
+    assert run.config["split_seed"] == 3
+    fixed = mt.transfer("heart:switzerland", "target-only", budget=10, save=False, progress=False, n_boot=0)
+    assert not torch.equal(run.dataset.test.x, fixed.dataset.test.x)  # other patients held out
+    saved = json.loads((run.out / "metrics.json").read_text())["test"]["auc"]["value"]
+    assert mt.evaluate(run.out, n_boot=0)["auc"]["value"] == pytest.approx(saved, abs=1e-6)
+
+
+def test_split_seed_is_refused_where_the_splits_are_fixed(medmnist_root):
+    with pytest.raises(MedTransferError, match="comes with fixed splits, so --split-seed 2 cannot redraw them"):
+        mt.transfer("medmnist:pneumoniamnist", "scratch", budget=10, split_seed=2, data_root=medmnist_root,
+                    save=False, progress=False)
 
 
 @pytest.mark.parametrize("kwargs, message", [

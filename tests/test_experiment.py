@@ -115,6 +115,21 @@ def test_experiment_writes_cells_table_and_mlflow_and_resumes(tmp_path):
     assert sorted(r.data.tags["cell_id"] for r in runs) == sorted(table.cell_id)  # replaced, not added
 
 
+def test_resplit_draws_a_test_split_per_seed_and_the_report_pairs_within_it(tmp_path):
+    config = write(tmp_path, TINY.replace("strategies: [target-only, full]", "strategies: [target-only, source-only]")
+                   .replace("budgets: [10, 20]", "budgets: [10]") + "resplit: true\n")
+    out = tmp_path / "exp"
+    run_experiment(config, out=out, progress=False, report=True)
+    table = pd.read_csv(out / "results.csv")
+    assert (table.split_seed == table.seed).all() and len(table) == 4
+    tests = {seed: pd.read_csv(out / d / "predictions.csv").query("split == 'test'")["label"].tolist()
+             for seed, d in zip(table.seed, table.run_dir)}
+    assert tests[0] != tests[1]  # each seed holds out other patients
+    md = (out / "report.md").read_text()
+    assert "Repeated hold-out" in md and "not paired" not in md
+    assert "Budget 10: best transfer method" not in md  # only baselines here, no transfer method to pick
+
+
 def test_kill_9_mid_run_loses_nothing_written(tmp_path):
     config = write(tmp_path, TINY.replace("seeds: 2", "seeds: 8").replace("epochs: 3", "epochs: 30"))
     out = tmp_path / "exp"

@@ -182,7 +182,7 @@ def cached_source(source_data: str, backbone: str | None, seed: int, options: di
 
 
 def transfer(data: str, strategy: str = "full", source: str | None = None, *, budget=None, seed: int = 0,
-             backbone: str | None = None, out: str | Path | None = None, overwrite: bool = False,
+             split_seed: int = 0, backbone: str | None = None, out: str | Path | None = None, overwrite: bool = False,
              save: bool = True, data_root=None, target: str | None = None, group: str | None = None,
              image_size: int | None = None, epochs: int | None = None, lr: float | None = None,
              batch_size: int | None = None, patience: int | None = None, augment: bool | None = None,
@@ -190,6 +190,8 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
              progress: bool = True, weights: bool = True) -> RunResult:
     """Move a source model (or none, for `scratch`) to the target dataset `data` with `strategy`,
     using at most `budget` labelled target examples; evaluate on the target's test split.
+    `split_seed` redraws the target's train/val/test split where medtransfer draws it (csv:, heart:,
+    folder: without split folders): repeated hold-out for cohorts too small for one fixed test split.
     `weights=False` saves the run without model.safetensors (experiment grids keep predictions only)."""
     started = time.perf_counter()
     chosen = get_strategy(strategy)
@@ -221,7 +223,10 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     encoder = source_data.encoder if source_data is not None else None
     if encoder is None and src is not None and src.encoder:
         encoder = TabularEncoder.from_dict(src.encoder)
-    dataset = load_dataset(data, **load_opts, encoder=encoder)
+    dataset = load_dataset(data, **load_opts, encoder=encoder, split_seed=split_seed)
+    if split_seed and "split_seed" not in dataset.info:
+        raise MedTransferError(f"{data} comes with fixed splits, so --split-seed {split_seed} cannot redraw them; "
+                               "it applies to csv:, heart: and folder: datasets without split folders")
     features = dataset.info.get("features")
     if src is not None:
         check_compatible(src.model, dataset.modality, dataset.in_channels, features)
@@ -255,7 +260,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     resolved = {
         "data": data, "strategy": strategy, "source": source, "source_description": src.description if src else None,
         "budget": budget, "n_train_labels": len(budgeted.train), "n_val_labels": len(budgeted.val),
-        "n_test": len(budgeted.test), "seed": seed, "backbone": architecture.get("name"),
+        "n_test": len(budgeted.test), "seed": seed, "split_seed": split_seed, "backbone": architecture.get("name"),
         "architecture": architecture, "input": spec.to_dict(), "train": asdict(config), "target": target,
         "group": group, "data_root": str(data_root) if data_root else None, "classes": dataset.classes,
         "task": dataset.task, "strategy_notes": ctx.notes, "versions": versions(),
@@ -291,7 +296,7 @@ def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[
     result.predictions.to_csv(stage / "predictions.csv", index=False)
     lines = [f"medtransfer {__version__} run: {result.config['strategy']} on {result.config['data']}",
              *(json.dumps(h) for h in history),
-             f"test: " + ", ".join(f"{k}={v['value']:.4f}" for k, v in result.metrics["test"].items())]
+             "test: " + ", ".join(f"{k}={v['value']:.4f}" for k, v in result.metrics["test"].items())]
     (stage / "log.txt").write_text("\n".join(lines) + "\n")
     commit_dir(stage, out)
 
@@ -307,8 +312,10 @@ def evaluate(run: str | Path, data: str | None = None, split: str = "test", data
     if not data:
         raise MedTransferError(f"{run} does not record its dataset: pass --data")
     encoder = TabularEncoder.from_dict(meta["encoder"]) if meta.get("encoder") else None
+    same_data = data == config.get("data")  # its own dataset: the split the run was tested on
     dataset = load_dataset(data, data_root=data_root or config.get("data_root"), target=config.get("target"),
-                           group=config.get("group"), encoder=encoder)
+                           group=config.get("group"), encoder=encoder,
+                           split_seed=config.get("split_seed", 0) if same_data else 0)
     check_compatible(model, dataset.modality, dataset.in_channels, dataset.info.get("features"))
     if dataset.classes != meta["classes"]:
         raise MedTransferError(f"class mismatch: the model predicts {meta['classes']}, {data} has {dataset.classes}")

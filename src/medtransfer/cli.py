@@ -150,7 +150,10 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              "mmd and prior-shift need a source dataset)"),
              budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target examples: 40, 5%, all, or 0 "
                                                   "(none: source-only, source-model, prior-shift, dann, coral, mmd)"),
-             backbone: Optional[str] = BACKBONE, seed: int = SEED, out: Optional[Path] = OUT,
+             backbone: Optional[str] = BACKBONE, seed: int = SEED,
+             split_seed: int = typer.Option(0, "--split-seed", help="redraw the target's train/val/test split "
+                                            "(csv:, heart:, folder: without split folders): repeated hold-out"),
+             out: Optional[Path] = OUT,
              epochs: Optional[int] = EPOCHS, lr: Optional[float] = LR, batch_size: Optional[int] = BATCH,
              image_size: Optional[int] = IMAGE_SIZE,
              source_epochs: Optional[int] = typer.Option(None, "--source-epochs", help="epochs when pretraining a source dataset"),
@@ -165,7 +168,8 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
     """
     from . import api
 
-    result = api.transfer(data, strategy, source, budget=budget, seed=seed, backbone=backbone, out=out,
+    result = api.transfer(data, strategy, source, budget=budget, seed=seed, split_seed=split_seed,
+                          backbone=backbone, out=out,
                           overwrite=overwrite, data_root=data_root, target=target, group=group, epochs=epochs,
                           lr=lr, batch_size=batch_size, image_size=image_size, source_epochs=source_epochs,
                           accelerator=device, progress=not quiet)

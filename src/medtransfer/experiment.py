@@ -52,6 +52,9 @@ class ExperimentConfig(BaseModel):
     strategies: list[str] = Field(min_length=1)
     budgets: list[str | int] = ["all"]
     seeds: int | list[int] = 3
+    # Each seed also redraws the target's train/val/test split (repeated hold-out): for cohorts so
+    # small that one fixed test split decides the comparison (Switzerland has 4 test patients without disease).
+    resplit: bool = False
     train: TrainSettings = TrainSettings()
     data_root: str | None = None
     target_column: str | None = None  # csv: targets
@@ -163,15 +166,17 @@ def grid(config: ExperimentConfig) -> list[Cell]:
 
 def settings_of(config: ExperimentConfig) -> dict:
     """What changes a cell's result besides its coordinates (the data root does not)."""
-    return {"train": config.train.model_dump(), "target_column": config.target_column,
-            "group_column": config.group_column}
+    settings = {"train": config.train.model_dump(), "target_column": config.target_column,
+                "group_column": config.group_column}
+    return settings | ({"resplit": True} if config.resplit else {})  # old grids keep their cell ids
 
 
 def run_cell(cell: Cell, out: Path, config: ExperimentConfig, data_root: str | None, progress: bool) -> None:
     from .api import transfer
 
     transfer(cell.target, cell.strategy, None if cell.source == NO_SOURCE else cell.source, budget=cell.budget,
-             seed=cell.seed, backbone=cell.backbone, out=out, overwrite=True, data_root=data_root,
+             seed=cell.seed, split_seed=cell.seed if config.resplit else 0, backbone=cell.backbone, out=out,
+             overwrite=True, data_root=data_root,
              target=config.target_column, group=config.group_column, n_boot=config.n_boot, progress=progress,
              weights=config.keep_weights, **config.train.model_dump())
 
@@ -275,7 +280,8 @@ def row(cell: Cell, folder: Path, out: Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
     values = {"cell_id": folder.name, "target": cell.target, "source": cell.source,
               "backbone": config.get("backbone") or cell.backbone, "strategy": cell.strategy,
-              "budget": cell.budget, "n_labels": config["n_train_labels"], "seed": cell.seed, "task": config["task"]}
+              "budget": cell.budget, "n_labels": config["n_train_labels"], "seed": cell.seed,
+              "split_seed": config.get("split_seed", 0), "task": config["task"]}
     for name in METRICS:
         if name in metrics["test"]:
             m = metrics["test"][name]
@@ -361,8 +367,8 @@ class Tracker:
             self.client.delete_run(self.runs.pop(folder.name))
         run = self.client.create_run(self.experiment, run_name=folder.name, tags={"cell_id": folder.name})
         run_id = run.info.run_id
-        params = {k: config.get(k) for k in ("data", "strategy", "source", "budget", "seed", "backbone",
-                                              "n_train_labels", "n_val_labels", "n_test")}
+        params = {k: config.get(k) for k in ("data", "strategy", "source", "budget", "seed", "split_seed",
+                                              "backbone", "n_train_labels", "n_val_labels", "n_test")}
         params.update({f"train.{k}": v for k, v in config["train"].items() if k != "progress"})
         values = {f"{split}_{name}{suffix}": v for split in ("val", "test")
                   for name, m in metrics.get(split, {}).items()

@@ -89,7 +89,8 @@ def load_folder(
         classes=classes,
         **splits,
         info={"source": str(root), "layout": layout, "n_files": len(files),
-              **({"unlabelled": True} if layout == "unlabelled" else {})},
+              **({"unlabelled": True} if layout == "unlabelled" else {}),
+              **({"split_seed": seed} if layout != "split-folders" else {})},  # the test split was drawn here
     )
 
 

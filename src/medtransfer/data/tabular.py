@@ -133,7 +133,7 @@ def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str 
                                    "add rows of that class or merge classes")
     return TaskDataset(name=name, modality="tabular", task="binary" if len(classes) == 2 else "multiclass",
                        classes=classes, train=train, val=val, test=test, encoder=encoder,
-                       info={"features": encoder.feature_names, "rows": len(frame),
+                       info={"features": encoder.feature_names, "rows": len(frame), "split_seed": split_seed,
                              "missing": {c: float(frame[c].isna().mean()) for c in features}})
 
 

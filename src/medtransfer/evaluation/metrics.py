@@ -38,45 +38,44 @@ def compute_metrics(y_true, prob, task: str, n_boot: int = 1000, seed: int = 0, 
     }
 
 
-def auc_paired_mean_ci(y_true, probs: list, n_boot: int = 1000, seed: int = 0, task: str = "binary") -> dict:
+def auc_paired_mean_ci(y_true, probs: list, n_boot: int = 1000, seed: int = 0, task: str = "binary",
+                       split_of: list | None = None) -> dict:
     """Mean AUC of K models scored on the same test set, with a CI from paired resampling.
 
     Every model is evaluated on the same resample indices, so the CI reflects test-set sampling noise of
     the K-model mean (rather than treating the K models' AUCs as independent draws). For multiclass and
     multilabel tasks the AUC is the macro one-vs-rest mean, as in ``compute_metrics``.
+
+    Repeated hold-out (each seed redraws the split): ``split_of`` names the test split of each model and
+    ``y_true`` maps each split to its labels. Each split is resampled on its own, and models on the same
+    split share its resamples.
     """
-    n, mean_auc = _mean_auc_fn(y_true, probs, task, "auc_paired_mean_ci")
-    boots = [mean_auc(w) for w in _weight_chunks(n, n_boot, seed)]
-    return {
-        "value": float(mean_auc(np.ones((1, n)))[0]),
-        "ci": _percentile_ci(np.concatenate(boots) if boots else np.empty(0)),
-    }
+    point, boots = _split_mean_auc(y_true, probs, split_of, task, n_boot, seed, "auc_paired_mean_ci")
+    return {"value": point, "ci": _percentile_ci(boots)}
 
 
 def auc_paired_difference(
-    y_true, probs_a: list, probs_b: list, n_boot: int = 1000, seed: int = 0, task: str = "binary"
+    y_true, probs_a: list, probs_b: list, n_boot: int = 1000, seed: int = 0, task: str = "binary",
+    split_of_a: list | None = None, split_of_b: list | None = None,
 ) -> dict:
     """Mean AUC of models A minus mean AUC of models B on the same test samples: value, 95% CI and p-value.
 
     Why paired: A and B are scored on identical resamples, so patient-level difficulty cancels and the
     CI is much tighter than comparing two separate CIs. ``p`` is the two-sided bootstrap p-value
     ``2 * min(P*(d <= 0), P*(d >= 0))`` with a +1 correction (never exactly 0; 1 for identical models),
-    so ``p < 0.05`` agrees with the 95% percentile CI excluding zero.
+    so ``p < 0.05`` agrees with the 95% percentile CI excluding zero. ``split_of_a`` / ``split_of_b``:
+    as ``split_of`` in ``auc_paired_mean_ci``, for repeated hold-out.
     """
-    n, auc_a = _mean_auc_fn(y_true, probs_a, task, "auc_paired_difference")
-    n_b, auc_b = _mean_auc_fn(y_true, probs_b, task, "auc_paired_difference")
-    if n_b != n:
-        raise ValueError(f"auc_paired_difference: probs_a cover {n} samples but probs_b cover {n_b}.")
-    ones = np.ones((1, n))
-    chunks = [auc_a(w) - auc_b(w) for w in _weight_chunks(n, n_boot, seed)]
-    diffs = np.concatenate(chunks) if chunks else np.empty(0)
+    point_a, boots_a = _split_mean_auc(y_true, probs_a, split_of_a, task, n_boot, seed, "auc_paired_difference")
+    point_b, boots_b = _split_mean_auc(y_true, probs_b, split_of_b, task, n_boot, seed, "auc_paired_difference")
+    diffs = boots_a - boots_b
     diffs = diffs[np.isfinite(diffs)]
     if diffs.size:
         tail = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
         p = float(min(1.0, 2 * (tail + 1) / (diffs.size + 1)))
     else:
         p = float("nan")
-    return {"value": float((auc_a(ones) - auc_b(ones))[0]), "ci": _percentile_ci(diffs), "p": p}
+    return {"value": point_a - point_b, "ci": _percentile_ci(diffs), "p": p}
 
 
 def binary_auc(y_true, score) -> float:
@@ -156,6 +155,27 @@ def _percentile_ci(values):
         return [float("nan"), float("nan")]
     lo, hi = np.percentile(values, [2.5, 97.5])
     return [float(lo), float(hi)]
+
+
+def _split_mean_auc(y_true, probs, split_of, task, n_boot, seed, caller):
+    """(mean AUC over the models, its n_boot resampled values). Without split_of all models share y_true;
+    with it, models are grouped by split, each split resampled from its own seeded generator (split 0
+    from ``seed`` itself), and the grand mean weights every model equally."""
+    if not probs:
+        raise ValueError(f"{caller}: probs is empty; pass one probability array per model.")
+    if split_of is None:
+        y_true, split_of = {0: y_true}, [0] * len(probs)
+    if len(split_of) != len(probs):
+        raise ValueError(f"{caller}: split_of names {len(split_of)} splits for {len(probs)} models.")
+    point, boots = 0.0, np.zeros(n_boot)
+    for split in sorted(set(split_of)):
+        members = [p for p, s in zip(probs, split_of) if s == split]
+        n, mean_auc = _mean_auc_fn(y_true[split], members, task, caller)
+        share = len(members) / len(probs)
+        point += share * float(mean_auc(np.ones((1, n)))[0])
+        chunks = [mean_auc(w) for w in _weight_chunks(n, n_boot, seed if split == 0 else [seed, split])]
+        boots = boots + share * (np.concatenate(chunks) if chunks else np.empty(0))
+    return point, boots
 
 
 def _mean_auc_fn(y_true, probs, task, caller):

@@ -5,6 +5,8 @@ so every plot is an embedded base64 PNG and nothing is fetched. ``report.md`` ca
 for diffs and reviews. All numbers are recomputed from the saved per-sample test predictions, so every
 CI is a seeded bootstrap over the *same* test patients for all models of a target (DESIGN.md,
 Evaluation principles): the seed-mean AUC of a method and the paired difference between two methods.
+With repeated hold-out (``resplit``: each seed redraws the split) the models of one seed share a test
+split, and each split is resampled on its own.
 
 Figures are built with ``matplotlib.figure.Figure`` (rendered by Agg on ``savefig``) instead of pyplot,
 so no global backend or figure registry is touched and nothing has to be closed.
@@ -112,6 +114,7 @@ def _load(exp: Path):
     """Results rows that have usable test predictions, those predictions by cell, and the failed cells."""
     res = pd.read_csv(exp / "results.csv", dtype={"cell_id": str, "budget": str, "source": str})
     res["source"] = res["source"].fillna("none")
+    res["split_seed"] = res.get("split_seed", pd.Series(0, index=res.index)).fillna(0).astype(int)
     res["method"] = [_method(st, so) for st, so in zip(res["strategy"], res["source"])]
     preds, failed, keep = {}, [], []
     for _, row in res.iterrows():
@@ -173,7 +176,10 @@ def _png(fig: Figure) -> str:
 
 def _summary(rows, failed, n_boot, seed):
     seeds = sorted(rows["seed"].unique().tolist()) if len(rows) else []
-    return [
+    resplit = [("p", "Repeated hold-out: each seed redrew the target's train/val/test split, so the seed mean "
+                     "averages over test splits too; the bootstrap resamples each split's test set on its own "
+                     "and the models of one seed share its resamples.")] if rows["split_seed"].nunique() > 1 else []
+    return resplit + [
         ("p", f"{len(rows) + len(failed)} cells: {len(rows)} with test predictions, {len(failed)} failed or missing. "
               f"Targets: {', '.join(sorted(rows['target'].unique())) or 'none'}. Seeds: {seeds or 'none'}."),
         ("p", f"AUC is the test-set ROC AUC (macro one-vs-rest for multiclass/multilabel), averaged over seeds. "
@@ -186,21 +192,27 @@ def _summary(rows, failed, n_boot, seed):
 
 def _target_section(target, backbone, group, preds, failed, n_boot, seed):
     """Curves, the AUC table, the comparisons and diagnostics for one target (all its backbones)."""
-    keys = [(preds[c][0].shape, preds[c][0].tobytes()) for c in group["cell_id"]]
-    common = Counter(keys).most_common(1)[0][0]  # the fixed test split that (almost) every cell shares
-    for (_, row), key in zip(group.iterrows(), keys):
-        if key != common:
-            failed.append([row["cell_id"], target, row["method"], row["budget"], str(row["seed"]),
-                           "test labels differ from the target's other cells (not paired); left out"])
-    group = group[[k == common for k in keys]]
-    y, task = preds[group["cell_id"].iloc[0]][0], group["task"].iloc[0]
-    stats = {}  # (method, budget) -> dict(auc, ci, n_labels, seeds, cells, strategy)
+    y, keep = {}, []  # y: test labels per split seed (one split for a fixed test set)
+    for split, cells in group.groupby("split_seed"):
+        keys = [(preds[c][0].shape, preds[c][0].tobytes()) for c in cells["cell_id"]]
+        common = Counter(keys).most_common(1)[0][0]  # the test split that (almost) every cell shares
+        for (_, row), key in zip(cells.iterrows(), keys):
+            if key != common:
+                failed.append([row["cell_id"], target, row["method"], row["budget"], str(row["seed"]),
+                               "test labels differ from the target's other cells (not paired); left out"])
+            else:
+                keep.append(row["cell_id"])
+        y[split] = preds[cells["cell_id"].iloc[keys.index(common)]][0]
+    group = group[group["cell_id"].isin(keep)]
+    task = group["task"].iloc[0]
+    stats = {}  # (method, budget) -> dict(auc, ci, n_labels, seeds, splits, cells, strategy)
     for (method, budget), cells in group.groupby(["method", "budget"], sort=False):
         cells = cells.sort_values("seed")
-        ci = auc_paired_mean_ci(y, [preds[c][1] for c in cells["cell_id"]], n_boot=n_boot, seed=seed, task=task)
+        ci = auc_paired_mean_ci(y, [preds[c][1] for c in cells["cell_id"]], n_boot=n_boot, seed=seed, task=task,
+                                split_of=list(cells["split_seed"]))
         stats[method, budget] = dict(auc=ci["value"], ci=ci["ci"], n_labels=float(cells["n_labels"].median()),
                                      cells=list(cells["cell_id"]), seeds=list(cells["seed"]),
-                                     strategy=cells["strategy"].iloc[0])
+                                     splits=list(cells["split_seed"]), strategy=cells["strategy"].iloc[0])
     labels = group[group["n_labels"] > 0].groupby("budget")["n_labels"].median().sort_values()
     budgets = list(labels.index) + sorted(set(group["budget"]) - set(labels.index))
     n_of = {b: f"{labels[b]:.0f}" if b in labels else "" for b in budgets}
@@ -238,7 +250,8 @@ def _comparisons(y, task, stats, budgets, n_of, preds, n_boot, seed):
             same_source = [m for m in others if m.partition(" ← ")[2] == best.partition(" ← ")[2]]
             other = (same_source or others)[0]
             d = auc_paired_difference(y, [preds[c][1] for c in here[best]["cells"]],
-                                      [preds[c][1] for c in here[other]["cells"]], n_boot=n_boot, seed=seed, task=task)
+                                      [preds[c][1] for c in here[other]["cells"]], n_boot=n_boot, seed=seed,
+                                      task=task, split_of_a=here[best]["splits"], split_of_b=here[other]["splits"])
             line += [_fmt(d["value"], d["ci"], signed=True) + (" (n.s.)" if _significant(d) is False else ""),
                      _fmt_p(d["p"])]
             text += (f" Against {other}: ΔAUC {_fmt(d['value'], d['ci'], signed=True)}, p = {_fmt_p(d['p'])}, "
@@ -263,9 +276,11 @@ def _diagnostics(y, task, stats, budgets, best_at, preds):
                     "same budget when available. Confusion matrices use the argmax class.")]
     for b in chosen:
         best = stats[best_at[b], b]
-        scratch = [s for (m, bb), s in stats.items() if bb == b and s["strategy"] == "scratch"]
-        png = _diagnostics_png(y, task, preds[best["cells"][0]], best_at[b], best["strategy"], int(best["seeds"][0]),
-                               preds[scratch[0]["cells"][0]] if scratch else None, b)
+        split = best["splits"][0]  # scratch is drawn on the same test split
+        scratch = [s["cells"][s["splits"].index(split)] for (m, bb), s in stats.items()
+                   if bb == b and s["strategy"] == "scratch" and split in s["splits"]]
+        png = _diagnostics_png(y[split], task, preds[best["cells"][0]], best_at[b], best["strategy"],
+                               int(best["seeds"][0]), preds[scratch[0]] if scratch else None, b)
         blocks.append(("img", png, f"ROC, reliability and confusion matrix of {best_at[b]} at budget {b}"))
     return blocks
 
