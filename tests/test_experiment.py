@@ -77,6 +77,17 @@ def test_grid_runs_sourceless_strategies_once_and_ids_follow_settings():
     assert "5pct" in next(i for i, c in zip(ids, cells) if c.budget == "5%")
 
 
+def test_grid_runs_baselines_once_and_skips_what_a_backbone_cannot_do():
+    config = ExperimentConfig(name="g", targets=["heart:va"], sources=["heart:cleveland"], backbones=["mlp", "linear"],
+                              strategies=["target-only", "source-only", "pooled", "head", "partial"], budgets=[10],
+                              seeds=2)
+    cells = grid(config)
+    assert {(c.strategy, c.backbone) for c in cells} == {("target-only", "mlp"), ("source-only", "mlp"),
+                                                         ("pooled", "mlp"), ("head", "mlp"), ("head", "linear"),
+                                                         ("partial", "mlp")}  # a linear model has no stages
+    assert len(cells) == 6 * 2
+
+
 # ----------------------------------------------------------------------------- running and resuming
 
 

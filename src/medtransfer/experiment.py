@@ -153,10 +153,16 @@ def describe_error(error: dict) -> str:
 
 
 def grid(config: ExperimentConfig) -> list[Cell]:
+    from .strategies import STRATEGIES
+
     cells = []
     for target in config.targets:
-        for backbone in config.backbones:
+        for i, backbone in enumerate(config.backbones):
             for strategy in config.strategies:
+                if i and not STRATEGIES[strategy].uses_backbone:
+                    continue  # a logistic-regression baseline is the same whatever the backbone: run it once
+                if not STRATEGIES[strategy].accepts(backbone):
+                    continue  # e.g. partial on a linear model: no stages to unfreeze
                 sources = [NO_SOURCE] if strategy in SOURCELESS else [s for s in config.sources if s != NO_SOURCE]
                 for source in sources:
                     for budget in config.budgets:

@@ -81,6 +81,12 @@ class Strategy(ABC):
     summary = ""
     # True for the strategies that work without any labelled target example (--budget 0).
     unlabelled_ok = False
+    uses_backbone = True  # False: the result does not depend on --backbone (logistic-regression baselines)
+
+    @classmethod
+    def accepts(cls, backbone: str | None) -> bool:
+        """Whether the strategy can run on this backbone (an experiment grid skips the pairs it cannot)."""
+        return True
 
     @abstractmethod
     def run(self, ctx: TransferContext) -> Classifier:

@@ -25,6 +25,10 @@ class Partial(Strategy):
     summary = "fine-tune the last k backbone stages (default 1) and the head"
     stages = 1
 
+    @classmethod
+    def accepts(cls, backbone: str | None) -> bool:
+        return backbone != "linear"  # a logistic regression has no backbone stages to unfreeze
+
     def run(self, ctx: TransferContext) -> Classifier:
         model = ctx.target_model(self.name)
         frozen = unfreeze_last_stages(model, self.stages)
