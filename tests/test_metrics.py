@@ -17,7 +17,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from medtransfer.evaluation import auc_paired_difference, auc_paired_mean_ci, binary_auc, compute_metrics, expected_calibration_error
+from medtransfer.evaluation import (auc_paired_difference, auc_paired_mean_ci, binary_auc, compute_metrics,
+                                    expected_calibration_error)
 from medtransfer.evaluation import metrics as M
 
 MEDMNIST_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
@@ -227,7 +228,8 @@ def test_auc_mean_over_repeated_splits_resamples_each_split():
     assert res["value"] == pytest.approx(np.mean([roc_auc_score(ys[s], p) for s, p in zip(split_of, probs)]))
     assert res["ci"][0] < res["value"] < res["ci"][1]
     # one split only: the same numbers as the shared-labels form
-    assert auc_paired_mean_ci(ys, probs[:2], n_boot=300, split_of=[0, 0]) == auc_paired_mean_ci(ys[0], probs[:2], n_boot=300)
+    shared = auc_paired_mean_ci(ys[0], probs[:2], n_boot=300)
+    assert auc_paired_mean_ci(ys, probs[:2], n_boot=300, split_of=[0, 0]) == shared
     # the same models on the same splits are paired: a zero difference, p = 1
     same = auc_paired_difference(ys, probs, probs, n_boot=300, split_of_a=split_of, split_of_b=split_of)
     assert same["value"] == 0 and same["ci"] == [0.0, 0.0] and same["p"] == 1.0
