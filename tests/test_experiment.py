@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from medtransfer.errors import MedTransferError
+from medtransfer.evaluation import auc_paired_difference
 from medtransfer.experiment import ExperimentConfig, grid, load_config, run_experiment, settings_of
 
 TINY = """\
@@ -127,18 +128,26 @@ def test_experiment_writes_cells_table_and_mlflow_and_resumes(tmp_path):
 
 
 def test_resplit_draws_a_test_split_per_seed_and_the_report_pairs_within_it(tmp_path):
-    config = write(tmp_path, TINY.replace("strategies: [target-only, full]", "strategies: [target-only, source-only]")
+    config = write(tmp_path, TINY.replace("strategies: [target-only, full]", "strategies: [source-only, full]")
                    .replace("budgets: [10, 20]", "budgets: [10]") + "resplit: true\n")
     out = tmp_path / "exp"
     run_experiment(config, out=out, progress=False, report=True)
     table = pd.read_csv(out / "results.csv")
     assert (table.split_seed == table.seed).all() and len(table) == 4
-    tests = {seed: pd.read_csv(out / d / "predictions.csv").query("split == 'test'")["label"].tolist()
-             for seed, d in zip(table.seed, table.run_dir)}
-    assert tests[0] != tests[1]  # each seed holds out other patients
+    preds = {}  # run folder -> (test labels, test probabilities)
+    for d in table.run_dir:
+        test = pd.read_csv(out / d / "predictions.csv").query("split == 'test'").sort_values("index")
+        preds[d] = (test["label"].to_numpy(), test[["prob_no disease", "prob_disease"]].to_numpy())
+    full = table[table.strategy == "full"].sort_values("seed").run_dir.tolist()
+    base = table[table.strategy == "source-only"].sort_values("seed").run_dir.tolist()
+    assert preds[full[0]][0].tolist() != preds[full[1]][0].tolist()  # each seed holds out other patients
     md = (out / "report.md").read_text()
     assert "Repeated hold-out" in md and "not paired" not in md
-    assert "Budget 10: best transfer method" not in md  # only baselines here, no transfer method to pick
+    # the report (1000 resamples) pairs each seed's full model with the source-only model of its own split
+    d = auc_paired_difference({0: preds[full[0]][0], 1: preds[full[1]][0]}, [preds[r][1] for r in full],
+                              [preds[r][1] for r in base], n_boot=1000, split_of_a=[0, 1], split_of_b=[0, 1])
+    assert d["value"] != 0
+    assert f"Against source-only ← cleveland: ΔAUC {d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" in md
 
 
 def test_kill_9_mid_run_loses_nothing_written(tmp_path):

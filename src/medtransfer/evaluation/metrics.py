@@ -180,8 +180,6 @@ def _split_mean_auc(y_true, probs, split_of, task, n_boot, seed, caller):
 
 def _mean_auc_fn(y_true, probs, task, caller):
     """Validate K probability arrays against one label set; return (N, w -> mean AUC over the K models)."""
-    if not probs:
-        raise ValueError(f"{caller}: probs is empty; pass one probability array per model.")
     pairs = [_validate(y_true, p, task) for p in probs]
     y = pairs[0][0]
     if task == "binary":

@@ -22,9 +22,8 @@ source well. `TransferContext.notes["selection"]` records which one was used.
 
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import math
+from abc import abstractmethod
 
 import torch
 from torch import nn

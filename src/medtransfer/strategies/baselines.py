@@ -10,6 +10,7 @@ from .base import Strategy, TransferContext, fit_logistic_head, linear_model, re
 
 class TabularBaseline(Strategy):
     uses_backbone = False
+
     @abstractmethod
     def rows(self, ctx: TransferContext):
         """(train_x, train_y, val_x, val_y) the logistic regression is fitted and tuned on."""
