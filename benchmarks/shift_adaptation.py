@@ -87,11 +87,12 @@ def main() -> None:
     for shift in args.shifts.split(","):
         target = f"shift:{shift}:{SOURCE}"
         if not args.no_diagnosis:  # on the very source model the transfers start from (same cache key)
-            from medtransfer.api import cached_source
-            from medtransfer.models.backbones import describe
-            options = dict(data_root=data_root, image_size=args.image_size, source_epochs=args.source_epochs,
-                           accelerator="auto", progress=False)
-            folder = cached_source(SOURCE, args.backbone, 0, options, describe(args.backbone, "image2d", 1))
+            from medtransfer.pipeline import DataOptions, TransferRequest
+            from medtransfer.pipeline.source import load_source_data, pretrained_source
+            request = TransferRequest(SOURCE, "source-model", SOURCE, backbone=args.backbone,
+                                      image_size=args.image_size, source_epochs=args.source_epochs,
+                                      loading=DataOptions(data_root))
+            folder = pretrained_source(request, load_source_data(request))
             diag = mt.shift(SOURCE, target, model=folder, data_root=data_root, save=False, n_perm=200,
                             max_samples=1000, n_boot=50)
             print(f"{target}: domain AUC {diag.domain['auc']:.3f}, MMD p {diag.mmd['p']:.3g}, "

@@ -14,7 +14,8 @@ import pytest
 
 from medtransfer.errors import MedTransferError
 from medtransfer.evaluation import auc_paired_difference
-from medtransfer.experiment import ExperimentConfig, grid, load_config, run_experiment, settings_of
+from medtransfer.api import run_experiment
+from medtransfer.experiment import ExperimentConfig, grid, load_config, settings_of
 
 TINY = """\
 name: tiny

@@ -262,3 +262,26 @@ def test_binary_n600_bootstrap_is_fast():
     start = time.perf_counter()
     compute_metrics(y, p, "binary", n_boot=1000)
     assert time.perf_counter() - start < 1.0  # typically well under 0.3 s; loose bound for busy CI machines
+
+
+def test_a_metric_registered_from_a_test_module_gets_a_bootstrap_ci():
+    from medtransfer.evaluation import METRICS, register_metric
+
+    @register_metric("positive_rate_test_only", tasks=("binary",))
+    def positive_rate(c):  # share of the resample predicted positive, from the shared confusion counts
+        return (c.tp + c.fp) / c.n
+
+    try:
+        y, p = binary_data(n=150)
+        res = compute_metrics(y, p, "binary", n_boot=200, seed=1)
+        got = res["positive_rate_test_only"]
+        assert got["value"] == pytest.approx(np.mean(p[:, 1] >= 0.5))
+        assert got["ci"][0] < got["value"] < got["ci"][1]
+        assert list(res)[:10] == ["acc", "balanced_acc", "auc", "sensitivity", "specificity", "ppv", "npv", "f1",
+                                  "brier", "ece"]  # built-ins keep their order; the new one comes after
+        assert list(res)[-1] == "positive_rate_test_only"
+        assert "positive_rate_test_only" not in compute_metrics(*multiclass_data(n=60), "multiclass", n_boot=0)
+        assert METRICS.lookup("positive_rate_test_only").tasks == ("binary",)
+    finally:
+        METRICS.pop("positive_rate_test_only")
+    assert "positive_rate_test_only" not in compute_metrics(y, p, "binary", n_boot=0)

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medtransfer.evaluation import auc_paired_difference
-from medtransfer.evaluation.report import browser_check, find_chromium, write_report
+from medtransfer.reporting.experiment import browser_check, find_chromium, write_report
 
 N_TEST = 120
 
@@ -157,3 +157,33 @@ def test_plots_decode_in_headless_chromium(report):
         pytest.skip("no chromium/chromium-browser binary on PATH (CI installs it); browser check not run")
     _, html_path, _ = report
     assert browser_check(html_path) == 6
+
+
+def test_baselines_and_references_come_from_the_strategy_tags(tmp_path):
+    """source-model is tagged a baseline, so it is never the best method even when it scores highest; the
+    comparison column names the label-free baselines that ran; an unknown strategy counts as a transfer."""
+    rng = np.random.default_rng(3)
+    exp = tmp_path / "EXP"
+    exp.mkdir()
+    y, rows = rng.integers(0, 2, N_TEST), []
+    for strategy, signal in (("source-only", 1.0), ("source-model", 3.0), ("dann", 2.0), ("mystery", 0.5)):
+        p = _probs(y, signal, rng, 2)
+        row = dict(cell_id=f"va_{strategy}", target="heart:va", source="heart:cleveland", strategy=strategy,
+                   backbone="mlp", budget="0", n_labels=0, seed=0, task="binary", test_auc=roc_auc_score(y, p[:, 1]))
+        _write_cell(exp, row, y, p, ["neg", "pos"], rng)
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(exp / "results.csv", index=False)
+    md = write_report(exp, n_boot=50)[1].read_text()
+    assert "Budget 0: best transfer method dann ← cleveland" in md
+    assert "Baselines (source-only, source-model) are excluded" in md
+    assert "Δ vs source-only/source-model [95% CI]" in md and "Against source-only ← cleveland" in md
+    assert "No scratch cell at this budget, so no comparison against scratch." in md
+
+
+def test_metrics_table_block_formats_like_the_cli():
+    from medtransfer.reporting.blocks import metrics_table, to_markdown
+
+    table = metrics_table({"auc": {"value": 0.91234, "ci": [0.8, 0.95678]}}, "run on data (test)")
+    assert table.header == ["metric", "value", "95% CI"] and table.title == "run on data (test)"
+    assert table.rows == [["auc", "0.9123", "[0.8000, 0.9568]"]]
+    assert "| auc | 0.9123 | [0.8000, 0.9568] |" in to_markdown("t", [table])

@@ -14,7 +14,7 @@ from medtransfer.data.shift import KINDS, apply_shift, parse_shift, shifted_data
 from medtransfer.errors import MedTransferError
 from medtransfer.evaluation.shift import (bbse_prior, diagnose, domain_auc, em_prior, feature_shift, fit_temperature,
                                           mmd_test, readings, reweight, softmax)
-from medtransfer.evaluation.shift_report import write_shift_report
+from medtransfer.reporting.shift import write_shift_report
 
 MEANS = np.array([[-1.0, 0.0], [1.0, 0.5], [0.0, 2.0]])
 

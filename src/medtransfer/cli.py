@@ -12,9 +12,9 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from .errors import MedTransferError
+from .reporting.blocks import Table, metrics_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning on medical data: source model -> transfer -> clinical evaluation.")
@@ -60,14 +60,19 @@ def datasets(data_root: Optional[Path] = DATA_ROOT):
 
 @app.command()
 def strategies():
-    """List the transfer strategies.
+    """List the transfer strategies, with what each needs (its tags).
 
     Example: medtransfer strategies
     """
     from .strategies import STRATEGIES
 
     for name, cls in sorted(STRATEGIES.items()):
-        console.print(f"[bold]{name:16s}[/bold] {cls.summary}")
+        tags = (("source model", cls.needs_source_model), ("source data", cls.needs_source_data),
+                ("unlabelled target", cls.needs_unlabelled_target))
+        needs = [what for what, tag in tags if tag]
+        needs.append("target labels" if cls.needs_labels else "no target labels")
+        kind = "baseline; " if cls.baseline else ""
+        console.print(f"[bold]{name:16s}[/bold] {cls.summary} [dim]({kind}needs {', '.join(needs)})[/dim]")
 
 
 @app.command()
@@ -127,29 +132,25 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
 
 def show_pretrain_result(result) -> None:
     config, fit, monitor = result.config, result.metrics["fit"], result.metrics["monitor"]
-    table = Table(title=f"{config['method']} pretraining on {', '.join(config['data'])} "
-                        f"({config['n_images']} images, {config['backbone']})")
-    for column in ("", "value"):
-        table.add_column(column)
-    if monitor:
-        table.add_row(f"best k-NN AUC ({monitor['data']} val, n={monitor['n_val']})", f"{monitor['best']:.4f}")
-    table.add_row("epoch kept", f"{fit['best_epoch']} of {fit['epochs_run']}" + ("" if monitor else " (last: no monitor)"))
-    table.add_row("seconds (training and monitor)", f"{fit['seconds']:.1f}")
-    console.print(table)
+    rows = [[f"best k-NN AUC ({monitor['data']} val, n={monitor['n_val']})", f"{monitor['best']:.4f}"]] \
+        if monitor else []
+    rows += [["epoch kept", f"{fit['best_epoch']} of {fit['epochs_run']}" + ("" if monitor else " (last: no monitor)")],
+             ["seconds (training and monitor)", f"{fit['seconds']:.1f}"]]
+    show(Table(["", "value"], rows, title=f"{config['method']} pretraining on {', '.join(config['data'])} "
+                                          f"({config['n_images']} images, {config['backbone']})"))
     if result.out:
         console.print(f"run written to {result.out}; use it with: medtransfer transfer --source {result.out} …")
 
 
 @app.command()
 def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy", "-s",
-             help="scratch, linear-probe, head, partial, full, lp-ft, l2-sp; no target labels needed: source-model, "
-             "prior-shift, prior-shift-bbse, dann, coral, mmd; tabular: target-only, source-only, pooled "
-             "(see `medtransfer strategies`)"),
+             help="transfer strategy, e.g. full, head, linear-probe, l2-sp, or the baseline scratch; "
+             "`medtransfer strategies` lists them all with what each needs"),
              source: Optional[str] = typer.Option(None, "--source", help="run folder, weights file, "
              "imagenet:efficientnet_lite0, timm:<name>, or a source dataset (pretrained first, cached; dann, coral, "
              "mmd and prior-shift need a source dataset)"),
-             budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target examples: 40, 5%, all, or 0 "
-                                                  "(none: source-only, source-model, prior-shift, dann, coral, mmd)"),
+             budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target examples: 40, 5%, all, "
+                                                  "or 0 (for the strategies that need no target labels)"),
              backbone: Optional[str] = BACKBONE, seed: int = SEED,
              split_seed: int = typer.Option(0, "--split-seed", help="redraw the target's train/val/test split "
                                             "(csv:, heart:, folder: without split folders): repeated hold-out"),
@@ -207,19 +208,16 @@ def shift_command(
     diag = api.shift(source, target, model=model, out=out, overwrite=overwrite, data_root=data_root,
                      label_column=label_column, group=group, seed=seed, n_perm=permutations,
                      max_samples=max_samples, accelerator=device)
-    table = Table(title=f"shift {source} -> {target}")
-    for column in ("measure", "value"):
-        table.add_column(column)
     d, m = diag.domain, diag.mmd
-    table.add_row("domain classifier AUC [95% CI]", f"{d['auc']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]")
-    table.add_row("kernel MMD² (permutation p)", f"{m['mmd2']:.4f} (p = {m['p']:.3g})")
+    rows = [["domain classifier AUC [95% CI]", f"{d['auc']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]"],
+            ["kernel MMD² (permutation p)", f"{m['mmd2']:.4f} (p = {m['p']:.3g})"]]
     if diag.label is not None:
         lab = diag.label
         for k, name in enumerate(diag.classes):
             truth = f", labels {lab['true'][k]:.3f}" if "true" in lab else ""
-            table.add_row(f"prior '{name}': source -> EM / BBSE",
-                          f"{lab['source'][k]:.3f} -> {lab['em'][k]:.3f} / {lab['bbse'][k]:.3f}{truth}")
-    console.print(table)
+            rows.append([f"prior '{name}': source -> EM / BBSE",
+                         f"{lab['source'][k]:.3f} -> {lab['em'][k]:.3f} / {lab['bbse'][k]:.3f}{truth}"])
+    show(Table(["measure", "value"], rows, title=f"shift {source} -> {target}"))
     from .evaluation.shift import readings
     for line in readings(diag):
         console.print(f"- {line}", highlight=False)
@@ -242,7 +240,7 @@ def evaluate(run: Path = typer.Argument(..., help="a run directory"),
     if split not in ("train", "val", "test"):
         raise MedTransferError(f"bad --split {split!r}: use train, val or test")
     metrics = api.evaluate(run, data=data, split=split, data_root=data_root)
-    console.print(metrics_table(metrics, f"{run} on {data or 'its own data'} ({split})"))
+    show(metrics_table(metrics, f"{run} on {data or 'its own data'} ({split})"))
     if json_out:
         if json_out.exists():
             raise MedTransferError(f"{json_out} already exists; choose another --json path")
@@ -296,9 +294,9 @@ def experiment(config: Path = typer.Argument(..., help="experiment YAML (see exa
 
     Example: medtransfer experiment examples/heart-sites.yaml --jobs 2
     """
-    from .experiment import run_experiment
+    from . import api
 
-    run_experiment(config, out=out, jobs=jobs, data_root=str(data_root) if data_root else None,
+    api.experiment(config, out=out, jobs=jobs, data_root=str(data_root) if data_root else None,
                    progress=not quiet, console=console)
 
 
@@ -308,25 +306,19 @@ def report(folder: Path = typer.Argument(..., help="an experiment folder")):
 
     Example: medtransfer report experiments/heart-sites
     """
-    from .evaluation.report import write_report
+    from . import api
 
-    if not (folder / "results.csv").is_file():
-        raise MedTransferError(f"{folder} has no results.csv: run `medtransfer experiment CONFIG.yaml` first")
-    html, md = write_report(folder)
+    html, md = api.write_report(folder)
     console.print(f"report: {html} and {md}")
 
 
-def metrics_table(metrics: dict, title: str) -> Table:
-    table = Table(title=title)
-    for column in ("metric", "value", "95% CI"):
-        table.add_column(column)
-    for name, m in metrics.items():
-        table.add_row(name, f"{m['value']:.4f}", f"[{m['ci'][0]:.4f}, {m['ci'][1]:.4f}]")
-    return table
+def show(*blocks) -> None:
+    from .reporting.blocks import to_console
+    to_console(console, list(blocks))
 
 
 def show_result(result) -> None:
-    console.print(metrics_table(result.metrics["test"], f"{result.config['strategy']} on {result.config['data']} "
+    show(metrics_table(result.metrics["test"], f"{result.config['strategy']} on {result.config['data']} "
                                 f"({result.config['n_train_labels']} labelled training examples), test split"))
     if result.out:
         console.print(f"run written to {result.out}")

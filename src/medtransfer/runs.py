@@ -15,8 +15,13 @@ import pandas as pd
 from .errors import MedTransferError
 
 
+def clean_name(text) -> str:
+    """A file-name-safe piece of a run or cell name: runs of other characters become one dash."""
+    return re.sub(r"[^A-Za-z0-9.%-]+", "-", str(text)).strip("-")
+
+
 def default_run_dir(*parts: str, root: str = "runs") -> Path:
-    name = "_".join(re.sub(r"[^A-Za-z0-9.%-]+", "-", str(p)).strip("-") for p in parts if p)
+    name = "_".join(clean_name(p) for p in parts if p)
     path, n = Path(root) / name, 2
     while path.exists():
         path, n = Path(root) / f"{name}-{n}", n + 1

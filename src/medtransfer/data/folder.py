@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from medtransfer.data.base import Split, TaskDataset
+from medtransfer.data.schemes import LoadOptions, register_scheme
 from medtransfer.errors import MedTransferError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
@@ -33,6 +33,12 @@ _LAYOUT_HELP = (
     "expected class folders (<path>/<class>/*.png) or split folders (<path>/{train,val,test}/<class>/*.png); "
     f"image types: {', '.join(IMAGE_EXTENSIONS)}"
 )
+
+
+@register_scheme("folder", help="one sub-folder per class (PNG/JPEG/DICOM), optional train/val/test folders, "
+                                "e.g. folder:./xrays")
+def load_scheme(arg: str, options: LoadOptions) -> TaskDataset:
+    return load_folder(arg, seed=options.split_seed)
 
 
 def load_folder(
@@ -236,6 +242,8 @@ def _read_image(file: Path) -> np.ndarray:
 
 
 def _read_pil(file: Path) -> np.ndarray:
+    from PIL import Image  # loaded on first decode (here and in _resize): `import medtransfer.data` stays light
+
     with Image.open(file) as img:
         img.load()
         mode = img.mode
@@ -286,6 +294,8 @@ def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of (C, H, W) per channel through PIL's float mode, keeping [0, 1]."""
     if a.shape[1:] == size:
         return a
+    from PIL import Image
+
     h, w = size
     return np.stack(
         [np.asarray(Image.fromarray(c).resize((w, h), Image.BILINEAR)) for c in a.astype(np.float32)]

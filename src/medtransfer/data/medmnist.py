@@ -16,6 +16,7 @@ import torch
 
 from ..errors import MedTransferError
 from .base import Split, TaskDataset
+from .schemes import LoadOptions, register_scheme
 
 ZENODO = "https://zenodo.org/records/10519652/files"
 KEYS = [f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")]
@@ -128,3 +129,9 @@ def load_medmnist(spec: str, data_root: str | Path | None = None, download: bool
         info={"file": str(path), "flag": flag, "size": size},
         **splits,
     )
+
+
+@register_scheme("medmnist", help="official MedMNIST .npz from the data root, e.g. medmnist:pneumoniamnist or "
+                                  "medmnist:adrenalmnist3d@64")
+def load_scheme(arg: str, options: LoadOptions) -> TaskDataset:
+    return load_medmnist(arg, options.data_root)

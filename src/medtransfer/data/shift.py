@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import MedTransferError
 from .base import Split, TaskDataset
+from .schemes import LoadOptions, load_spec, register_scheme
 
 KINDS = {
     "gamma": (1.8, "intensity curve x**g (another detector response)"),
@@ -144,8 +145,10 @@ def shifted_dataset(dataset: TaskDataset, kind: str, strength: float) -> TaskDat
     return replace(dataset, name=f"shift:{kind}:{label}:{dataset.name}", info=info, **splits)
 
 
-def load_shifted(arg: str, **load_options) -> TaskDataset:
-    from . import load_dataset
-
+@register_scheme("shift", help="an image dataset under a known, seeded acquisition shift (every split, labels "
+                               "kept): shift:<kind>[:<strength>]:<dataset>, kind gamma, contrast, brightness, blur, "
+                               "noise, lowres or scanner, e.g. shift:gamma:1.8:medmnist:pneumoniamnist")
+def load_shifted(arg: str, options: LoadOptions) -> TaskDataset:
+    """The wrapped dataset is loaded with the same options, so shifts compose with any scheme."""
     kind, strength, inner = parse_shift(arg)
-    return shifted_dataset(load_dataset(inner, **load_options), kind, strength)
+    return shifted_dataset(load_spec(inner, options), kind, strength)

@@ -11,14 +11,17 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from ..errors import MedTransferError
 from .base import Split, TaskDataset
+from .schemes import LoadOptions, register_scheme
+
+if TYPE_CHECKING:  # pandas and scikit-learn load inside the functions: `import medtransfer.data` stays light
+    import pandas as pd
 
 HEART_SITES = {"cleveland": "Cleveland", "hungary": "Hungary", "switzerland": "Switzerland",
                "va": "VA Long Beach"}
@@ -36,6 +39,8 @@ class TabularEncoder:
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, columns: list[str]) -> "TabularEncoder":
+        import pandas as pd
+
         numeric, categorical = {}, {}
         for col in columns:
             values = frame[col]
@@ -58,6 +63,8 @@ class TabularEncoder:
         missing = [c for c in [*self.numeric, *self.categorical] if c not in frame.columns]
         if missing:
             raise MedTransferError(f"columns {missing} are missing; this encoding expects them")
+        import pandas as pd
+
         parts = []
         for col, (median, mean, std) in self.numeric.items():
             values = pd.to_numeric(frame[col], errors="coerce").fillna(median).to_numpy(float)
@@ -79,6 +86,8 @@ class TabularEncoder:
 def split_indices(y: np.ndarray, groups: np.ndarray | None, seed: int, val_fraction: float,
                   test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded stratified train/val/test indices; with groups, no group spans two splits."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
     index = np.arange(len(y))
     if groups is None:
         rest, test = train_test_split(index, test_size=test_fraction, stratify=y, random_state=seed)
@@ -137,8 +146,22 @@ def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str 
                              "missing": {c: float(frame[c].isna().mean()) for c in features}})
 
 
+@register_scheme("csv", help="a table with --target COLUMN (and --group COLUMN for patient-level splits), "
+                             "e.g. csv:./labs.csv")
+def load_csv_scheme(arg: str, options: LoadOptions) -> TaskDataset:
+    return load_csv(arg, options.target, options.group, encoder=options.encoder, split_seed=options.split_seed)
+
+
+@register_scheme("heart", help="built-in UCI Heart Disease site: cleveland, hungary, switzerland or va, "
+                               "e.g. heart:hungary")
+def load_heart_scheme(arg: str, options: LoadOptions) -> TaskDataset:
+    return load_heart(arg, encoder=options.encoder, split_seed=options.split_seed)
+
+
 def load_csv(path: str | Path, target: str | None, group: str | None = None,
              encoder: TabularEncoder | None = None, split_seed: int = 0) -> TaskDataset:
+    import pandas as pd
+
     path = Path(path).expanduser()
     if not target:
         raise MedTransferError(f"csv:{path} needs --target COLUMN naming the label column")
@@ -158,6 +181,8 @@ def heart_frame() -> pd.DataFrame:
 
 @lru_cache(maxsize=1)
 def _heart_frame() -> pd.DataFrame:
+    import pandas as pd
+
     with resources.files("medtransfer.data.resources").joinpath("heart_disease_uci.csv").open() as f:
         frame = pd.read_csv(f)
     frame["chol"] = frame["chol"].replace(0, np.nan)  # 0 = not measured (Switzerland)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
+from .. import defaults
 from ..errors import MedTransferError
 from .backbones import DEFAULT_IMAGE_SIZE, Classifier, InputSpec, create_model, describe
 from .checkpoint import META, load_checkpoint, load_state_strict
+from .kinds import KINDS
 
-IMAGENET_IMAGE_SIZE = 128  # ImageNet features need objects larger than 28 px; 128 px stays CPU-cheap
+IMAGENET_IMAGE_SIZE = defaults.IMAGENET_IMAGE_SIZE
 
 
 @dataclass
@@ -24,18 +26,22 @@ class Source:
     encoder: dict | None = None  # tabular encoding the source was trained with
 
 
-def is_dataset_spec(spec: str) -> bool:
-    from ..data import SCHEMES
-    scheme, sep, _ = spec.partition(":")
-    return bool(sep) and scheme in SCHEMES
+def run_folder(spec: str) -> Path | None:
+    """The medtransfer run folder a source spec names (the folder, or its model.safetensors), else None."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file() and (path.parent / META).is_file() and path.suffix == ".safetensors":
+        return path.parent
+    return None
 
 
 def load_source_model(spec: str, modality: str, channels: int, backbone: str | None = None,
                       image_size: int | None = None) -> Source:
     """A source given as weights (not a dataset) -> a Classifier whose backbone holds them."""
     path = Path(spec).expanduser()
-    if path.is_dir() or (path.is_file() and (path.parent / META).is_file() and path.suffix == ".safetensors"):
-        directory = path if path.is_dir() else path.parent
+    directory = run_folder(spec)
+    if directory is not None:
         model, meta = load_checkpoint(directory)
         return Source(model, f"run {directory}", meta["classes"], meta.get("encoder"))
     if spec.startswith("imagenet:"):
@@ -89,10 +95,7 @@ def load_weights_file(path: Path, modality: str, channels: int, backbone: str | 
     state = {k.removeprefix("backbone."): v for k, v in state.items()
              if not k.startswith("head.") and k.removeprefix("backbone.") not in head_names}
     arch = describe(backbone, modality, 3 if channels == 1 and modality == "image2d" else channels)
-    if arch["kind"] == "timm":  # the file decides the channels (often RGB); the preprocess repeats grayscale
-        from timm.models import get_pretrained_cfg_value
-        stem = state.get(f"{get_pretrained_cfg_value(arch['name'], 'first_conv') or 'conv1'}.weight")
-        arch["in_chans"] = int(stem.shape[1]) if stem is not None else arch["in_chans"]
+    arch = KINDS[arch["kind"]].channels_from_weights(arch, state)
     spec = InputSpec(modality, arch.get("in_chans", 0), image_size or DEFAULT_IMAGE_SIZE if modality == "image2d" else None,
                      (0.5,) * max(arch.get("in_chans", 1), 1), (0.5,) * max(arch.get("in_chans", 1), 1))
     model = create_model(arch, spec, num_outputs=1)

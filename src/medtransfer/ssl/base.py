@@ -12,14 +12,15 @@ import torch
 from torch import nn
 
 from ..models.backbones import Classifier
+from ..registry import Registry
 from ..training.augment import ViewConfig, two_views
 
-METHODS: dict[str, type["ContrastiveMethod"]] = {}
+METHODS = Registry("self-supervised method")  # name -> ContrastiveMethod class
 
 
 def register(cls):
-    METHODS[cls.name] = cls
-    return cls
+    """Class decorator: registers a method under its `name`."""
+    return METHODS.register()(cls)
 
 
 class ContrastiveMethod(nn.Module):

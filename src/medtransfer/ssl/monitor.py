@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.base import Split
+from ..defaults import EVAL_BATCH_SIZE
+from ..models.inference import batched, eval_mode
 from ..training.loop import selection_score
 
 
@@ -20,17 +22,16 @@ class KNNMonitor:
     name = "k-NN AUC"
 
     def __init__(self, bank: Split, val: Split, num_classes: int, task: str = "multiclass", k: int = 200,
-                 temperature: float = 0.1, batch_size: int = 512):
+                 temperature: float = 0.1, batch_size: int = EVAL_BATCH_SIZE):
         self.bank, self.val = bank, val
         self.num_classes, self.task = num_classes, task
         self.k = max(1, min(k, len(bank)))
         self.temperature = temperature
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def features(self, method: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        out = [method.embed(x[i:i + self.batch_size].to(device)).float() for i in range(0, len(x), self.batch_size)]
-        return F.normalize(torch.cat(out), dim=1)
+        """Unit-length embeddings, left on the device for the vote."""
+        return F.normalize(batched(method.embed, x, self.batch_size, device, cpu=False), dim=1)
 
     @torch.no_grad()
     def votes(self, query: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -43,10 +44,8 @@ class KNNMonitor:
     @torch.no_grad()
     def __call__(self, method: nn.Module) -> float:
         device = next(method.parameters()).device
-        was_training = method.training
-        method.eval()
-        bank = self.features(method, self.bank.x, device)
-        query = self.features(method, self.val.x, device)
-        method.train(was_training)
+        with eval_mode(method):
+            bank = self.features(method, self.bank.x, device)
+            query = self.features(method, self.val.x, device)
         prob = self.votes(query, bank, self.bank.y.to(device)).cpu().double().numpy()
         return selection_score(self.val.y.numpy(), prob, self.task)

@@ -9,18 +9,18 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from ..data import load_dataset
+from ..data import is_dataset_spec, load_dataset
 from ..data.base import Split, TaskDataset
+from ..defaults import TRAINING
 from ..errors import MedTransferError
 from ..models.backbones import Classifier, create_model, default_spec, describe
+from ..progress import Progress
 from ..training.augment import ViewConfig
 from ..training.loop import FitResult, TrainConfig, fit
 from .base import METHODS, ContrastiveMethod
 from .monitor import KNNMonitor
 
-# No early stopping by default: the monitor picks the checkpoint, every planned epoch runs.
-SSL_DEFAULTS = dict(epochs=50, batch_size=256, lr=1e-3, weight_decay=1e-4, patience=10**9, augment=True,
-                    min_steps_per_epoch=1)
+SSL_DEFAULTS = TRAINING["ssl"]
 MONITOR_BANK, MONITOR_VAL = 2000, 1000  # labelled images the k-NN monitor embeds each epoch
 
 
@@ -36,8 +36,6 @@ class SSLResult:
 
 def split_specs(data) -> list[str]:
     """`--data` given several times or as a comma list -> dataset specs."""
-    from ..models.sources import is_dataset_spec
-
     items = [data] if isinstance(data, str) else list(data or [])
     specs = []
     for item in items:
@@ -115,7 +113,7 @@ def pretrain_ssl(data, method: str = "simclr", *, backbone: str | None = None, s
                  config: TrainConfig | None = None, image_size: int | None = None, data_root=None,
                  temperature: float | None = None, queue_size: int | None = None, momentum: float | None = None,
                  views: ViewConfig | dict | list[str] | None = None, monitor: bool = True,
-                 limit: int | None = None) -> SSLResult:
+                 limit: int | None = None, progress: Progress | None = None) -> SSLResult:
     """Pretrain a 2D encoder on the images of `data` (labels ignored). `limit` keeps that many images
     (seeded), for smoke tests and benchmarks."""
     specs = split_specs(data)
@@ -152,7 +150,7 @@ def pretrain_ssl(data, method: str = "simclr", *, backbone: str | None = None, s
     train = Split(images, torch.zeros(len(images), dtype=torch.long))
     result = fit(ssl, ssl.parameter_groups(), train, Split(images[:0], train.y[:0]), first.task, "image2d", config,
                  batch_loss=ssl.batch_loss, score_fn=knn if knn is not None else (lambda model: None),
-                 after_step=ssl.after_step, keep_initial=False,
+                 after_step=ssl.after_step, keep_initial=False, progress=progress,
                  score_name=f"{knn.name} ({specs[0]} val)" if knn is not None else "no monitor")
     monitor_info = {"name": "knn_auc", "data": specs[0], "split": "val", "n_bank": len(knn.bank),
                     "n_val": len(knn.val), "k": knn.k} if knn is not None else None

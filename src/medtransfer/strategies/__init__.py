@@ -1,7 +1,9 @@
-"""Transfer strategies, one file each, registered by name."""
+"""Transfer strategies, one file each, registered by name (`@register`); every module of this
+package is imported here, so a new strategy file needs no import line anywhere."""
 
-from . import (baselines, coral, dann, full, head, l2sp, linear_probe, lp_ft, mmd, partial,  # noqa: F401
-               prior_shift, scratch, source_model)  # (registers them)
+from ..registry import import_submodules
 from .base import STRATEGIES, Strategy, TransferContext, get_strategy, register
+
+import_submodules(__name__)
 
 __all__ = ["STRATEGIES", "Strategy", "TransferContext", "get_strategy", "register"]

@@ -163,7 +163,9 @@ def adapt(ctx: TransferContext, strategy: str, alignment: nn.Module, weight: flo
 
 class AdaptationStrategy(Strategy):
     """Base of dann / coral / mmd: `alignment(ctx)` builds the loss module; `weight` scales it."""
-    unlabelled_ok = True
+    needs_source_data = True
+    needs_unlabelled_target = True
+    needs_labels = False
     weight = 1.0
 
     @abstractmethod

@@ -15,22 +15,25 @@ import torch
 from torch import nn
 
 from ..data.base import TaskDataset
+from ..defaults import C_GRID
 from ..errors import MedTransferError
-from ..models.backbones import Classifier, InputSpec, create_model
-from ..training.loop import FitResult, TrainConfig, fit, predict_proba, selection_score
+from ..models.backbones import Classifier, InputSpec, create_model, describe
+from ..models.inference import extract_features  # noqa: F401 (re-exported for the strategies)
+from ..models.logistic import fit_logistic
+from ..progress import SILENT, Progress
+from ..registry import Registry
+from ..training.loop import FitResult, TrainConfig, fit
 
-STRATEGIES: dict[str, type["Strategy"]] = {}
+STRATEGIES = Registry("strategy")  # name -> Strategy class
 
 
 def register(cls):
-    STRATEGIES[cls.name] = cls
-    return cls
+    """Class decorator: registers a strategy under its `name`."""
+    return STRATEGIES.register()(cls)
 
 
 def get_strategy(name: str) -> "Strategy":
-    if name not in STRATEGIES:
-        raise MedTransferError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name]()
+    return STRATEGIES.lookup(name)()
 
 
 @dataclass
@@ -47,6 +50,7 @@ class TransferContext:
     # ones): what domain adaptation and prior-shift correction learn from. None when not given.
     unlabelled: torch.Tensor | None = None
     notes: dict = field(default_factory=dict)  # what a strategy decided (selection split, estimated prior)
+    progress: Progress = SILENT  # where the training loop reports its epochs
 
     def fit(self, model: nn.Module, groups: list[dict], frozen: list[nn.Module] = (), extra_loss=None,
             *, train=None, val=None, batch_loss=None, score_fn=None, keep_initial: bool = True,
@@ -57,7 +61,8 @@ class TransferContext:
         self.fit_result = fit(model, groups, self.target.train if train is None else train,
                               self.target.val if val is None else val, self.target.task,
                               self.target.modality, config, frozen=list(frozen), extra_loss=extra_loss,
-                              batch_loss=batch_loss, score_fn=score_fn, keep_initial=keep_initial)
+                              batch_loss=batch_loss, score_fn=score_fn, keep_initial=keep_initial,
+                              progress=self.progress)
         return model
 
     def require_source_model(self, strategy: str) -> Classifier:
@@ -77,11 +82,25 @@ class TransferContext:
 
 
 class Strategy(ABC):
+    """A transfer method. Its tags (class attributes, sklearn-style) say what it needs and what it is;
+    the pipeline, experiment grids, reports, the demo and the CLI derive everything from them."""
     name = ""
     summary = ""
-    # True for the strategies that work without any labelled target example (--budget 0).
-    unlabelled_ok = False
+    needs_source_model = True  # starts from a source model (weights, a run, or a source dataset pretrained first)
+    needs_source_data = False  # fits on the labelled source dataset itself: --source must be a dataset
+    needs_unlabelled_target = False  # learns from the target's unlabelled training inputs
+    needs_labels = True  # False: works without labelled target examples (--budget 0)
+    baseline = False  # a reference transfer methods are compared with, never "the best transfer method"
     uses_backbone = True  # False: the result does not depend on --backbone (logistic-regression baselines)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.unlabelled_ok = not cls.needs_labels  # the older name of the label tag
+
+    @classmethod
+    def needs_source(cls) -> bool:
+        """Whether a --source of any kind is required (False: run once, whatever the sources)."""
+        return cls.needs_source_model or cls.needs_source_data
 
     @classmethod
     def accepts(cls, backbone: str | None) -> bool:
@@ -93,60 +112,18 @@ class Strategy(ABC):
         """Return the fitted target model."""
 
 
-@torch.no_grad()
-def extract_features(model: Classifier, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model.features(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out.numpy()
-
-
 def fit_logistic_head(model: Classifier, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-                      val_y: np.ndarray, task: str, seed: int, grid=(0.01, 0.1, 1.0, 10.0)) -> float:
-    """Fit scikit-learn logistic regression on (standardised) features, C chosen on validation,
+                      val_y: np.ndarray, task: str, seed: int, grid=C_GRID) -> float:
+    """Fit scikit-learn logistic regression on (standardised) features, C chosen on validation AUC,
     and write it into the model's linear head. Returns the validation score."""
-    from sklearn.linear_model import LogisticRegression
-
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    train_z, val_z = (train_x - mean) / std, (val_x - mean) / std
-    best = None
-    for c in grid:
-        if task == "multilabel":
-            fits = [LogisticRegression(C=c, max_iter=2000).fit(train_z, train_y[:, j])
-                    for j in range(train_y.shape[1])]
-            coef = np.concatenate([f.coef_ for f in fits]); bias = np.concatenate([f.intercept_ for f in fits])
-            prob = 1 / (1 + np.exp(-(val_z @ coef.T + bias)))
-        else:
-            clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(train_z, train_y)
-            coef, bias = clf.coef_, clf.intercept_
-            if coef.shape[0] == 1:  # binary: softmax over [-z/2, z/2] equals sigmoid(z)
-                coef, bias = np.concatenate([-coef / 2, coef / 2]), np.array([-bias[0] / 2, bias[0] / 2])
-            prob = full_proba(clf, val_z, model.head.out_features)
-            if len(clf.classes_) < model.head.out_features:
-                raise MedTransferError("a class is missing from the labelled training examples; raise the budget")
-        score = selection_score(val_y, prob, task)
-        if best is None or score > best[0]:
-            best = (score, coef, bias)
-    score, coef, bias = best
-    weight = coef / std[None, :]  # fold the standardisation into the head
+    fitted = fit_logistic(train_x, train_y, val_x, val_y, task, model.head.out_features, seed, grid=grid)
+    weight, bias = fitted.folded()  # the standardisation folded into the head
     model.head.weight.data = torch.as_tensor(weight, dtype=torch.float32)
-    model.head.bias.data = torch.as_tensor(bias - weight @ mean, dtype=torch.float32)
-    return score
-
-
-def full_proba(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
-    prob = np.zeros((len(x), n_classes))
-    prob[:, clf.classes_] = clf.predict_proba(x)
-    return prob
+    model.head.bias.data = torch.as_tensor(bias, dtype=torch.float32)
+    return fitted.score
 
 
 def linear_model(ctx: TransferContext) -> Classifier:
     """Logistic regression as a Classifier (identity backbone), for the tabular baselines."""
     n = ctx.target.train.x.shape[1]
-    arch = {"kind": "mlp", "name": "linear", "in_features": n, "hidden": [], "dropout": 0.0}
-    return create_model(arch, ctx.spec, ctx.target.num_outputs)
-
-
-def predict(model: Classifier, split, task: str) -> np.ndarray:
-    return predict_proba(model, split.x, task)
+    return create_model(describe("linear", "tabular", 0, n), ctx.spec, ctx.target.num_outputs)

@@ -9,6 +9,8 @@ from .base import Strategy, TransferContext, fit_logistic_head, linear_model, re
 
 
 class TabularBaseline(Strategy):
+    needs_source_model = False
+    baseline = True
     uses_backbone = False
 
     @abstractmethod
@@ -46,7 +48,8 @@ class TargetOnly(TabularBaseline):
 class SourceOnly(TabularBaseline):
     name = "source-only"
     summary = "logistic regression fitted at the source site, applied unchanged to the target"
-    unlabelled_ok = True
+    needs_source_data = True
+    needs_labels = False
 
     def rows(self, ctx):
         s = self.source_data(ctx)
@@ -57,6 +60,7 @@ class SourceOnly(TabularBaseline):
 class Pooled(TabularBaseline):
     name = "pooled"
     summary = "logistic regression on source and labelled target rows together"
+    needs_source_data = True
 
     def rows(self, ctx):
         import torch

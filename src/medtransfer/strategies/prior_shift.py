@@ -17,20 +17,13 @@ import numpy as np
 import torch
 
 from ..errors import MedTransferError
-from ..evaluation.shift import bbse_prior, em_prior, fit_temperature, softmax
+from ..evaluation.label_shift import bbse_prior, em_prior, fit_temperature, softmax
 from ..models.backbones import Classifier
+from ..models.inference import logits
 from .base import Strategy, TransferContext, register
 from .source_model import unchanged_source
 
 PRIOR_FLOOR = 1e-3  # an estimated prior of 0 would give a log of -inf
-
-
-@torch.no_grad()
-def logits_of(model: Classifier, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(x), batch_size)]).numpy()
 
 
 def correct_head(model: Classifier, temperature: float, source_prior: np.ndarray, target_prior: np.ndarray) -> None:
@@ -43,7 +36,9 @@ def correct_head(model: Classifier, temperature: float, source_prior: np.ndarray
 
 
 class PriorShiftStrategy(Strategy):
-    unlabelled_ok = True
+    needs_source_data = True
+    needs_unlabelled_target = True
+    needs_labels = False
     estimator = "em"
 
     def run(self, ctx: TransferContext) -> Classifier:
@@ -59,7 +54,7 @@ class PriorShiftStrategy(Strategy):
         source = ctx.source_data
         k = ctx.target.num_classes
         source_prior = np.bincount(source.train.y.numpy(), minlength=k) / len(source.train)
-        logits_val, logits_target = logits_of(model, source.val.x), logits_of(model, ctx.unlabelled)
+        logits_val, logits_target = logits(model, source.val.x), logits(model, ctx.unlabelled)
         temperature = fit_temperature(logits_val, source.val.y.numpy())
         if self.estimator == "em":
             target_prior = em_prior(softmax(logits_target / temperature), source_prior)

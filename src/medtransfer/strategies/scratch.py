@@ -6,6 +6,8 @@ from .base import Strategy, TransferContext, register
 class Scratch(Strategy):
     name = "scratch"
     summary = "same architecture, random initialisation: the baseline every transfer is compared with"
+    needs_source_model = False
+    baseline = True
 
     def run(self, ctx: TransferContext) -> Classifier:
         import torch

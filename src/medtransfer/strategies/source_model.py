@@ -18,7 +18,8 @@ def unchanged_source(ctx: TransferContext, strategy: str) -> Classifier:
 class SourceModel(Strategy):
     name = "source-model"
     summary = "the source model applied unchanged (no target data used): the neural source-only baseline"
-    unlabelled_ok = True
+    needs_labels = False
+    baseline = True
 
     def run(self, ctx: TransferContext) -> Classifier:
         return unchanged_source(ctx, self.name)

@@ -13,20 +13,20 @@ Self-supervised pretraining (medtransfer.ssl) runs through the same loop: a meth
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.base import Split
-from ..evaluation import binary_auc
+from ..evaluation import selection_score  # noqa: F401 (re-exported: strategies and ssl import it from here)
+from ..models.inference import predict_proba
+from ..progress import Progress, as_progress
 from .augment import augment_batch
 
 
@@ -70,40 +70,6 @@ def loss_fn(task: str) -> Callable:
     return F.cross_entropy
 
 
-def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
-    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, task: str, batch_size: int = 512,
-                  device: torch.device | str | None = None) -> np.ndarray:
-    """Class (or label) probabilities for a tensor of inputs, in eval mode, in batches."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [probabilities(model(x[i:i + batch_size].to(device)).float(), task).cpu()
-           for i in range(0, len(x), batch_size)]
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, 0))
-
-
-def selection_score(y: np.ndarray, prob: np.ndarray, task: str) -> float:
-    """Validation AUC used for model selection (accuracy when AUC is undefined)."""
-    from sklearn.metrics import roc_auc_score
-
-    if task == "binary":
-        score = binary_auc(y, prob[:, 1])
-    else:
-        try:
-            score = roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=range(prob.shape[1])) \
-                if task == "multiclass" else roc_auc_score(y, prob, average="macro")
-        except ValueError:
-            score = float("nan")
-    if math.isnan(score):
-        score = float((prob.argmax(1) == y).mean()) if task != "multilabel" else 0.0
-    return float(score)
-
-
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -127,13 +93,15 @@ def supervised_loss(task: str, modality: str, augment: bool) -> Callable:
 def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, task: str, modality: str,
         config: TrainConfig, frozen: list[nn.Module] = (), extra_loss: Callable | None = None,
         batch_loss: Callable | None = None, score_fn: Callable | None = None,
-        after_step: Callable | None = None, keep_initial: bool = True, score_name: str = "val AUC") -> FitResult:
+        after_step: Callable | None = None, keep_initial: bool = True, score_name: str = "val AUC",
+        progress: Progress | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights with the best validation score.
 
     batch_loss(model, xb, yb, generator) -> loss replaces the supervised loss (default: augmentation +
     cross-entropy); score_fn(model) -> float | None replaces the validation AUC (None means no monitor:
     the last epoch is kept); after_step(model) runs after every optimizer step (e.g. a momentum update).
     keep_initial=False logs the score before the first step but never returns the untrained weights.
+    progress: where the epochs are reported (default: a bar when config.progress, else nothing).
     """
     torch.manual_seed(config.seed)
     fabric = make_fabric(config.accelerator)
@@ -158,8 +126,10 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     best_score, best_epoch = validate(), 0
     history = [{"epoch": 0, "val_score": best_score}]
     best_state = copy.deepcopy(model.state_dict()) if keep_initial else None
-    with progress_bar(config.progress) as bar:
-        job = bar.add_task(epoch_text(0, config.epochs, float("nan"), best_score, score_name), total=config.epochs)
+    if progress is None:
+        progress = as_progress(config.progress)
+    bar = progress.start(epoch_text(0, config.epochs, float("nan"), best_score, score_name), total=config.epochs)
+    try:
         for epoch in range(1, config.epochs + 1):
             model.train()
             for module in frozen:  # frozen parts keep their BatchNorm statistics
@@ -186,10 +156,11 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
             if score is None or best_state is None or score > best_score:
                 best_score, best_epoch = score, epoch
                 best_state = copy.deepcopy(model.state_dict())
-            bar.update(job, advance=1, description=epoch_text(epoch, config.epochs, mean_loss, score, score_name))
+            bar.update(epoch_text(epoch, config.epochs, mean_loss, score, score_name), advance=1)
             if epoch - best_epoch >= config.patience:
                 break
-        bar.remove_task(job)
+    finally:
+        bar.close()
     if best_state is not None:  # None only when no epoch ran and the initial weights were not eligible
         model.load_state_dict(best_state)
     best_score = float("nan") if best_score is None else best_score
@@ -199,23 +170,3 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
 def epoch_text(epoch: int, epochs: int, loss: float, score: float | None, score_name: str = "val AUC") -> str:
     shown = "-" if score is None else f"{score:.4f}"
     return f"epoch {epoch}/{epochs}  loss {loss:.4f}  {score_name} {shown}"
-
-
-OUTER_PROGRESS: list = []  # an enclosing bar (experiment cells): epoch bars join it, one live display
-
-
-def new_progress(enabled: bool = True, transient: bool = True):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeRemainingColumn(), disable=not enabled, transient=transient)
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool):
-    if OUTER_PROGRESS:
-        bar = OUTER_PROGRESS[-1]
-        yield bar if enabled else new_progress(False)
-    else:
-        with new_progress(enabled) as bar:
-            yield bar

@@ -6,29 +6,41 @@ multiplicities ``w`` (how often each of the N samples was drawn; rows sum to N).
 weighted sum over the *original* samples — a matrix product — and AUC is a weighted Mann–Whitney
 statistic computed from one sort of the scores. The point estimate is the same code with ``w = 1``,
 so point values and resamples can never disagree in definition.
+
+Metrics come from a registry (``METRICS``): a metric is one function of the task's shared context,
+decorated with ``@register_metric(name, tasks=...)``, in a file of this package (found on import) or
+in any module. ``compute_metrics`` reports every metric registered for the task, in registration order.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-TASKS = ("binary", "multiclass", "multilabel")
+from ...defaults import N_BOOT
+from ...registry import import_submodules
+from .base import CONTEXTS, METRICS, TASKS, Metric, evaluate, metric_functions, register_metric
+from .kernels import _div, _ece, _nanmean, _weighted_auc
+
 _CHUNK = 4_000_000  # max resamples x samples per weight chunk, bounds memory for large test sets
+
+__all__ = [
+    "compute_metrics", "auc_paired_mean_ci", "auc_paired_difference", "binary_auc", "expected_calibration_error",
+    "METRICS", "Metric", "register_metric", "metric_functions", "CONTEXTS", "TASKS",
+]
 
 
 # ----------------------------------------------------------------------------- public API
 
 
-def compute_metrics(y_true, prob, task: str, n_boot: int = 1000, seed: int = 0, threshold: float = 0.5) -> dict:
+def compute_metrics(y_true, prob, task: str, n_boot: int = N_BOOT, seed: int = 0, threshold: float = 0.5) -> dict:
     """All metrics for ``task`` as ``{name: {"value": float, "ci": [low, high]}}`` (95% percentile bootstrap).
 
     Resamples where a metric is undefined (e.g. one class only, for AUC) are skipped for that metric;
     an undefined value is ``nan`` with ci ``[nan, nan]``. ``n_boot=0`` skips the bootstrap (ci is nan).
     """
     y, p = _validate(y_true, prob, task)
-    fn = {"binary": _binary, "multiclass": _multiclass, "multilabel": _multilabel}[task]
-    point = fn(np.ones((1, len(y))), y, p, threshold)
-    chunks = [fn(w, y, p, threshold) for w in _weight_chunks(len(y), n_boot, seed)]
+    point = evaluate(task, np.ones((1, len(y))), y, p, threshold)
+    chunks = [evaluate(task, w, y, p, threshold) for w in _weight_chunks(len(y), n_boot, seed)]
     return {
         name: {
             "value": float(value[0]),
@@ -38,7 +50,7 @@ def compute_metrics(y_true, prob, task: str, n_boot: int = 1000, seed: int = 0, 
     }
 
 
-def auc_paired_mean_ci(y_true, probs: list, n_boot: int = 1000, seed: int = 0, task: str = "binary",
+def auc_paired_mean_ci(y_true, probs: list, n_boot: int = N_BOOT, seed: int = 0, task: str = "binary",
                        split_of: list | None = None) -> dict:
     """Mean AUC of K models scored on the same test set, with a CI from paired resampling.
 
@@ -55,7 +67,7 @@ def auc_paired_mean_ci(y_true, probs: list, n_boot: int = 1000, seed: int = 0, t
 
 
 def auc_paired_difference(
-    y_true, probs_a: list, probs_b: list, n_boot: int = 1000, seed: int = 0, task: str = "binary",
+    y_true, probs_a: list, probs_b: list, n_boot: int = N_BOOT, seed: int = 0, task: str = "binary",
     split_of_a: list | None = None, split_of_b: list | None = None,
 ) -> dict:
     """Mean AUC of models A minus mean AUC of models B on the same test samples: value, 95% CI and p-value.
@@ -194,102 +206,4 @@ def _mean_auc_fn(y_true, probs, task, caller):
     return len(y), mean_auc
 
 
-# ----------------------------------------------------------------------------- weighted metric kernels
-# Each takes w (B, N) multiplicities and returns (B,) or (B, K) arrays; nan marks "undefined".
-
-
-def _div(a, b):
-    """a / b with nan where b == 0 (an undefined rate, e.g. sensitivity without positives)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
-
-
-def _nanmean(a, axis=-1):
-    """Mean over the defined entries (sklearn's macro convention for absent classes); nan if none."""
-    ok = np.isfinite(a)
-    return _div(np.where(ok, a, 0).sum(axis), ok.sum(axis))
-
-
-def _weighted_auc(w, pos, score):
-    """Mann–Whitney AUC per row of w, with average ranks for ties; nan where a class is absent.
-
-    Copies of a sample share its score, so a tie group starting after ``before`` (weighted) samples and
-    holding ``total`` copies has average rank ``before + (total + 1) / 2``. One sort serves all rows.
-    """
-    order = np.argsort(score, kind="stable")
-    s, ws, ps = score[order], w[:, order], pos[order].astype(float)
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each tie group
-    group = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1  # tie group of each sorted sample
-    cum = np.cumsum(ws, axis=1)
-    before = np.concatenate([np.zeros((len(w), 1)), cum[:, starts[1:] - 1]], axis=1)
-    total = np.concatenate([before[:, 1:], cum[:, -1:]], axis=1) - before
-    midrank = before + (total + 1) / 2
-    n1 = ws @ ps  # weighted count of positives per resample
-    n0 = ws.sum(axis=1) - n1
-    rank_sum = (ws * midrank[:, group]) @ ps
-    return _div(rank_sum - n1 * (n1 + 1) / 2, n1 * n0)
-
-
-def _ece(w, target, conf, n_bins=10):
-    """Weighted ECE: sum over bins of |sum(target) - sum(conf)| / N, bins (lo, hi] on [0, 1]."""
-    bins = np.digitize(conf, np.linspace(0, 1, n_bins + 1)[1:-1], right=True)
-    onehot = np.eye(n_bins)[bins]  # (N, n_bins)
-    gap = w @ (onehot * (target - conf)[:, None])
-    return np.abs(gap).sum(axis=1) / w.sum(axis=1)
-
-
-def _binary(w, y, p, threshold):
-    n = w.sum(axis=1)
-    pos, q = y == 1, p[:, 1]
-    pred = q >= threshold
-    cells = np.stack([pred & pos, pred & ~pos, ~pred & pos, ~pred & ~pos], axis=1).astype(float)
-    tp, fp, fn, tn = (w @ cells).T  # one BLAS product gives the whole confusion matrix per resample
-    sens, spec = _div(tp, tp + fn), _div(tn, tn + fp)
-    return {
-        "acc": (tp + tn) / n,
-        "balanced_acc": _nanmean(np.stack([sens, spec], axis=1)),
-        "auc": _weighted_auc(w, pos, q),
-        "sensitivity": sens,
-        "specificity": spec,
-        "ppv": _div(tp, tp + fp),
-        "npv": _div(tn, tn + fn),
-        "f1": _div(2 * tp, 2 * tp + fp + fn),
-        "brier": w @ (q - y) ** 2 / n,
-        "ece": _ece(w, y.astype(float), q),
-    }
-
-
-def _multiclass(w, y, p, threshold):
-    n, c = w.sum(axis=1), p.shape[1]
-    pred = p.argmax(axis=1)
-    true1h, pred1h = np.eye(c)[y], np.eye(c)[pred]
-    tp = w @ (true1h * pred1h)  # (B, C)
-    fn, fp = w @ true1h - tp, w @ pred1h - tp
-    tn = n[:, None] - tp - fn - fp
-    recall = _nanmean(_div(tp, tp + fn))  # classes absent from the resample are left out, as in sklearn
-    aucs = np.stack([_weighted_auc(w, y == k, p[:, k]) for k in range(c)], axis=1)
-    return {
-        "acc": w @ (pred == y).astype(float) / n,
-        "balanced_acc": recall,
-        "auc": aucs.mean(axis=1),  # nan if any class is absent: OvR AUC is then undefined
-        "f1": _nanmean(_div(2 * tp, 2 * tp + fp + fn)),
-        "brier": w @ ((p - true1h) ** 2).sum(axis=1) / n,
-        "ece": _ece(w, (pred == y).astype(float), p.max(axis=1)),
-        "sensitivity": recall,
-        "specificity": _nanmean(_div(tn, tn + fp)),
-    }
-
-
-def _multilabel(w, y, p, threshold):
-    n = w.sum(axis=1)[:, None]
-    pos, pred = y == 1, p >= threshold
-    tp, fp, fn = (w @ m.astype(float) for m in (pred & pos, pred & ~pos, ~pred & pos))
-    aucs = np.stack([_weighted_auc(w, pos[:, k], p[:, k]) for k in range(y.shape[1])], axis=1)
-    out = {
-        "auc": aucs.mean(axis=1),
-        "acc": (w @ (pred == pos).astype(float) / n).mean(axis=1),
-        "f1": _nanmean(_div(2 * tp, 2 * tp + fp + fn)),
-        "brier": (w @ (p - y) ** 2 / n).mean(axis=1),
-    }
-    out.update({f"auc_{k}": aucs[:, k] for k in range(y.shape[1])})
-    return out
+import_submodules(__name__)  # the metric files (binary.py, ...) register themselves

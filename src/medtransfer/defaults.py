@@ -1,0 +1,23 @@
+"""Every default in one table: training per modality, self-supervised pretraining, input sizes,
+backbones, the logistic-regression C grid, bootstrap and inference batch sizes. Each can be
+overridden by the caller; nothing else in the package restates these numbers."""
+
+from __future__ import annotations
+
+# Training settings per modality (TrainConfig fields); self-supervised pretraining has its own row.
+# SSL: no early stopping, the k-NN monitor picks the checkpoint and every planned epoch runs.
+TRAINING = {
+    "image2d": dict(epochs=15, batch_size=64, lr=1e-3, patience=5, augment=True, min_steps_per_epoch=10),
+    "image3d": dict(epochs=20, batch_size=16, lr=1e-3, patience=5, augment=True, min_steps_per_epoch=10),
+    "tabular": dict(epochs=100, batch_size=32, lr=3e-3, patience=20, augment=False),
+    "ssl": dict(epochs=50, batch_size=256, lr=1e-3, weight_decay=1e-4, patience=10**9, augment=True,
+                min_steps_per_epoch=1),
+}
+
+BACKBONES = {"image2d": "resnet18", "image3d": "monai:resnet10", "tabular": "mlp"}
+IMAGE_SIZE = 64  # 2D images are resized to this: large enough for ResNet stems, small enough for CPUs
+IMAGENET_IMAGE_SIZE = 128  # ImageNet features need objects larger than 28 px; 128 px stays CPU-cheap
+
+C_GRID = (0.01, 0.1, 1.0, 10.0)  # logistic-regression inverse regularisation, chosen on validation
+N_BOOT = 1000  # bootstrap resamples behind every 95% CI
+EVAL_BATCH_SIZE = 512  # batched inference

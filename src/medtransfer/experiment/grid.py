@@ -1,0 +1,65 @@
+"""The grid: targets x backbones x strategies x sources x budgets x seeds, as cells with stable ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..data import SCHEMES
+from ..runs import clean_name
+from .config import NO_SOURCE, ExperimentConfig
+
+
+@dataclass(frozen=True)
+class Cell:
+    target: str
+    source: str
+    backbone: str | None
+    strategy: str
+    budget: str
+    seed: int
+
+    def id(self, settings: dict) -> str:
+        """Readable, and unique for the cell *and* its settings: a changed setting is a new cell."""
+        parts = [short(self.target), short(self.source), self.backbone or "default", self.strategy, self.budget,
+                 f"s{self.seed}"]
+        name = "_".join(clean_name(p) for p in parts).replace("%", "pct")
+        digest = hashlib.sha256(json.dumps([asdict(self), settings], sort_keys=True).encode()).hexdigest()[:8]
+        return f"{name}_{digest}"
+
+
+def short(spec: str) -> str:
+    """A dataset spec's last name (medmnist:organamnist -> organamnist, folder:a/b -> b); weights
+    (imagenet:…) and specs that wrap another spec (shift:gamma:medmnist:…) whole."""
+    scheme, sep, rest = spec.partition(":")
+    if sep and (scheme not in SCHEMES or ":" in rest):
+        return spec
+    return Path(rest if sep else spec).name or spec
+
+
+def grid(config: ExperimentConfig) -> list[Cell]:
+    from ..strategies import STRATEGIES
+
+    cells = []
+    for target in config.targets:
+        for i, backbone in enumerate(config.backbones):
+            for strategy in config.strategies:
+                tags = STRATEGIES[strategy]
+                if i and not tags.uses_backbone:
+                    continue  # a logistic-regression baseline is the same whatever the backbone: run it once
+                if not tags.accepts(backbone):
+                    continue  # e.g. partial on a linear model: no stages to unfreeze
+                sources = [s for s in config.sources if s != NO_SOURCE] if tags.needs_source() else [NO_SOURCE]
+                for source in sources:
+                    for budget in config.budgets:
+                        cells += [Cell(target, source, backbone, strategy, budget, seed) for seed in config.seeds]
+    return cells
+
+
+def settings_of(config: ExperimentConfig) -> dict:
+    """What changes a cell's result besides its coordinates (the data root does not)."""
+    settings = {"train": config.train.model_dump(), "target_column": config.target_column,
+                "group_column": config.group_column}
+    return settings | ({"resplit": True} if config.resplit else {})  # old grids keep their cell ids

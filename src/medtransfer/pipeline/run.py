@@ -1,0 +1,77 @@
+"""The part of the transfer pipeline after loading: strategy -> evaluate (validation, then the test
+split, touched once) -> run folder. Also how a source dataset is pretrained (scratch, every label)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from ..data import TaskDataset, apply_budget
+from ..evaluation import compute_metrics
+from ..models.backbones import Classifier, default_spec, describe
+from ..models.inference import predict_proba
+from ..models.sources import Source, check_compatible
+from ..progress import SILENT
+from ..runs import predictions_frame
+from ..strategies import Strategy, TransferContext, get_strategy
+from .request import TransferRequest
+from .run_folder import RunResult, versions, write_run
+
+
+def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None,
+                 strategy: Strategy | None = None, source: Source | None = None,
+                 source_data: TaskDataset | None = None, started: float | None = None) -> RunResult:
+    """The pipeline from a loaded target on (also how a source dataset is pretrained: scratch, no source)."""
+    started = time.perf_counter() if started is None else started
+    strategy = strategy or get_strategy(request.strategy)
+    features = target.info.get("features")
+    if source is not None:
+        check_compatible(source.model, target.modality, target.in_channels, features)
+    budgeted = apply_budget(target, request.budget, request.seed)
+    if source is not None:
+        architecture, spec = source.model.architecture, source.model.spec
+    else:
+        architecture = describe(request.backbone, target.modality, target.in_channels, len(features or []))
+        spec = default_spec(target.modality, target.in_channels, features, request.image_size)
+    config = request.training.config(target.modality, request.seed, request.accelerator,
+                                     progress=request.progress is not SILENT)
+    ctx = TransferContext(budgeted, config, architecture, spec, source.model if source else None, source_data,
+                          source.classes if source else None, unlabelled=target.train.x, progress=request.progress)
+    model = strategy.run(ctx)
+    metrics, predictions = evaluate_splits(model, budgeted, request.n_boot, request.seed)
+    fit = ctx.fit_result
+    metrics["fit"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "val_score": fit.best_score,
+                      "seconds": round(fit.seconds, 3)} if fit else {}
+    metrics["fit"]["total_seconds"] = round(time.perf_counter() - started, 3)
+    loading = request.loading
+    resolved = {
+        "data": request.data, "strategy": request.strategy, "source": request.source,
+        "source_description": source.description if source else None, "budget": request.budget,
+        "n_train_labels": len(budgeted.train), "n_val_labels": len(budgeted.val), "n_test": len(budgeted.test),
+        "seed": request.seed, "split_seed": request.split_seed, "backbone": architecture.get("name"),
+        "architecture": architecture, "input": spec.to_dict(), "train": asdict(config), "target": loading.target,
+        "group": loading.group, "data_root": str(loading.data_root) if loading.data_root else None,
+        "classes": target.classes, "task": target.task, "strategy_notes": ctx.notes, "versions": versions(),
+    }
+    result = RunResult(model, metrics, predictions, resolved, None, budgeted)
+    if out is not None:
+        write_run(result, out, target, fit.history if fit else [], request.output.weights)
+        result.out = out
+    return result
+
+
+def evaluate_splits(model: Classifier, budgeted: TaskDataset, n_boot: int, seed: int) -> tuple[dict, pd.DataFrame]:
+    """Metrics with CIs and per-sample predictions on validation, then test (touched once, after selection)."""
+    metrics, frames = {}, []
+    for name in ("val", "test"):
+        split = budgeted.split(name)
+        if len(split) == 0:  # budget 0: no labelled target validation examples
+            metrics[name] = {}
+            continue
+        prob = predict_proba(model, split.x, budgeted.task)
+        metrics[name] = compute_metrics(split.y.numpy(), prob, budgeted.task, n_boot=n_boot, seed=seed)
+        frames.append(predictions_frame(name, split.y.numpy(), prob, budgeted.classes))
+    return metrics, pd.concat(frames, ignore_index=True)

@@ -1,0 +1,88 @@
+"""What a pipeline returns (`RunResult`) and the run folder it writes: checkpoint, config.json,
+metrics.json, predictions.csv and log.txt, staged beside `out` and swapped in only when complete."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .. import __version__
+from ..data import TaskDataset
+from ..errors import MedTransferError
+from ..models.backbones import Classifier
+from ..models.checkpoint import save_checkpoint
+from ..runs import check_writable, commit_dir, default_run_dir, staging_dir, write_json
+from .request import Output
+
+SELF_SUPERVISED_TASK = "self-supervised"  # model.json "task" of an SSL source: no classes, a placeholder head
+
+
+@dataclass
+class RunResult:
+    model: Classifier
+    metrics: dict  # {"val": {...}, "test": {...}, "fit": {...}}
+    predictions: pd.DataFrame
+    config: dict
+    out: Path | None = None
+    dataset: TaskDataset | None = field(default=None, repr=False)
+
+
+def versions() -> dict:
+    import timm
+    return {"medtransfer": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def output_dir(output: Output, *default_parts, root: str = "runs") -> Path | None:
+    """The folder a run will write (checked writable before any work), or None when nothing is saved."""
+    if not output.save:
+        return None
+    out = Path(output.out) if output.out else default_run_dir(*default_parts, root=root)
+    check_writable(out, output.overwrite)
+    return out
+
+
+def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[dict], weights: bool = True) -> None:
+    stage = staging_dir(out)
+    encoder = dataset.encoder.to_dict() if dataset.encoder is not None else None
+    provenance = {k: result.config[k] for k in ("data", "strategy", "source", "source_description", "budget",
+                                                "n_train_labels", "seed", "versions")}
+    provenance["test_metrics"] = {k: v["value"] for k, v in result.metrics["test"].items()}
+    save_checkpoint(stage, result.model, dataset.task, dataset.classes, encoder, provenance, weights)
+    write_json(stage / "config.json", result.config)
+    write_json(stage / "metrics.json", result.metrics)
+    result.predictions.to_csv(stage / "predictions.csv", index=False)
+    lines = [f"medtransfer {__version__} run: {result.config['strategy']} on {result.config['data']}",
+             *(json.dumps(h) for h in history),
+             "test: " + ", ".join(f"{k}={v['value']:.4f}" for k, v in result.metrics["test"].items())]
+    (stage / "log.txt").write_text("\n".join(lines) + "\n")
+    commit_dir(stage, out)
+
+
+def write_pretrain_run(result: RunResult, out: Path, history: list[dict]) -> None:
+    """A self-supervised run folder: the checkpoint (classes [] so every transfer builds a new head),
+    config.json, metrics.json (monitor, fit) and log.txt; no predictions (there is no classifier)."""
+    stage = staging_dir(out)
+    config = result.config
+    provenance = {"method": config["method"], "data": config["data"], "epochs": result.metrics["fit"]["epochs_run"],
+                  "best_epoch": result.metrics["fit"]["best_epoch"], "epochs_planned": config["train"]["epochs"],
+                  "n_images": config["n_images"], "seed": config["seed"], "settings": config["method_settings"],
+                  "views": config["views"], "monitor": result.metrics["monitor"], "versions": config["versions"]}
+    save_checkpoint(stage, result.model, SELF_SUPERVISED_TASK, [], None, provenance)
+    write_json(stage / "config.json", config)
+    write_json(stage / "metrics.json", result.metrics)
+    lines = [f"medtransfer {__version__} run: {config['method']} pretraining on {', '.join(config['data'])}",
+             *(json.dumps(h) for h in history)]
+    (stage / "log.txt").write_text("\n".join(lines) + "\n")
+    commit_dir(stage, out)
+
+
+def require_classifier(meta: dict, run: Path) -> None:
+    if meta.get("task") == SELF_SUPERVISED_TASK:
+        raise MedTransferError(f"{run} is a self-supervised source model (no classifier head): transfer it first, "
+                               f"e.g. medtransfer transfer --source {run} --strategy linear-probe --data …")

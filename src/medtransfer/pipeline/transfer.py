@@ -1,0 +1,39 @@
+"""The transfer pipeline, one straight line: target loaded once -> source resolved -> strategy ->
+evaluate (validation, then the test split, touched once) -> run folder (the last three in `run`)."""
+
+from __future__ import annotations
+
+import time
+
+from ..data import parse_budget
+from ..errors import MedTransferError
+from ..strategies import STRATEGIES, Strategy, get_strategy
+from .request import TransferRequest
+from .run import run_transfer
+from .run_folder import RunResult, output_dir
+from .source import load_source_data, resolve_source, source_encoder
+
+
+def transfer(request: TransferRequest) -> RunResult:
+    """Move a source model (or none) to the target with a strategy; evaluate; write the run folder."""
+    started = time.perf_counter()
+    strategy = get_strategy(request.strategy)
+    check_budget(strategy, request.budget)
+    out = output_dir(request.output, request.data, request.strategy,
+                     "all" if request.budget is None else request.budget, f"s{request.seed}")
+    source_data = load_source_data(request)
+    target = request.loading.load(request.data, encoder=source_encoder(request.source, source_data),
+                                  split_seed=request.split_seed)
+    if request.split_seed and "split_seed" not in target.info:
+        raise MedTransferError(f"{request.data} comes with fixed splits, so --split-seed {request.split_seed} cannot "
+                               "redraw them; it applies to csv:, heart: and folder: datasets without split folders")
+    source = resolve_source(request, strategy, target, source_data)
+    return run_transfer(request, target, out, strategy, source, source_data, started)
+
+
+def check_budget(strategy: Strategy, budget) -> None:
+    if parse_budget(budget) == 0 and strategy.needs_labels:
+        able = ", ".join(sorted(n for n, cls in STRATEGIES.items() if not cls.needs_labels))
+        raise MedTransferError(f"strategy {strategy.name!r} needs labelled target examples, so --budget 0 is "
+                               f"refused; give a budget such as 20, or use a strategy that needs no target "
+                               f"labels: {able}")
