@@ -73,3 +73,60 @@ def test_shift_writes_a_report(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "domain classifier AUC" in result.stdout and "strong covariate shift" in result.stdout
     assert (tmp_path / "va" / "shift.md").is_file() and (tmp_path / "va" / "shift.json").is_file()
+
+
+def test_version_prints_the_package_version():
+    from medtransfer import __version__
+
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"medtransfer {__version__}"
+
+
+def started(process: subprocess.Popen, children: int = 0, timeout: float = 120) -> None:
+    """Wait until the CLI is at work: torch loaded in it (and in `children` worker processes), then a moment."""
+    import time
+
+    def busy(pid: int) -> bool:
+        try:
+            return "libtorch" in open(f"/proc/{pid}/maps").read()
+        except OSError:
+            return False
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        if busy(process.pid) and sum(busy(int(w)) for w in workers) >= children:
+            break
+        time.sleep(0.2)
+    time.sleep(3)
+    assert process.poll() is None, f"the command ended before the interrupt: {process.communicate()}"
+
+
+LONG_GRID = ("name: long\ntargets: [heart:hungary]\nstrategies: [target-only]\nbudgets: [all]\nseeds: 4\n"
+             "train: {epochs: 100000, patience: 100000}\nn_boot: 10\n")
+
+
+@pytest.mark.parametrize("args, children", [
+    (["transfer", "--data", "heart:hungary", "--source", "heart:cleveland", "--strategy", "full",
+      "--epochs", "100000", "--patience", "100000", "--out", "run"], 0),
+    (["experiment", "grid.yaml", "--out", "exp"], 0),
+    (["experiment", "grid.yaml", "--out", "exp", "--jobs", "2"], 2),
+], ids=["transfer", "experiment", "experiment-2-jobs"])
+def test_ctrl_c_prints_one_line_and_exits_130(args, children, tmp_path):
+    """Ctrl-C reaches the whole foreground process group (workers too); before the fix it exited 0 silently."""
+    import signal
+
+    (tmp_path / "grid.yaml").write_text(LONG_GRID)
+    process = subprocess.Popen([sys.executable, "-m", "medtransfer.cli", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
+                               env={**os.environ, "COLUMNS": "200"})
+    try:
+        started(process, children)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines() == ["interrupted"], stderr
+    assert not (tmp_path / "run").exists()  # an interrupted run leaves no run folder behind

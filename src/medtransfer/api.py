@@ -11,9 +11,12 @@ pipeline (`medtransfer.pipeline`); the CLI calls these functions and nothing els
 
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
 from pathlib import Path
 
 from . import pipeline
+from .data import parse_budget
 from .defaults import N_BOOT
 from .errors import MedTransferError
 from .models.checkpoint import read_meta
@@ -23,6 +26,60 @@ from .progress import as_progress
 
 PRETRAIN_METHODS = tuple(pipeline.pretrain_methods())
 SSL_OPTIONS = ("temperature", "queue_size", "momentum", "views", "monitor", "limit")
+ACCELERATORS = ("auto", "cpu", "cuda", "mps")
+SPLITS = ("train", "val", "test")
+INTEGER, NUMBER, TEXT = (Integral,), (Real,), (str,)
+
+# What each option accepts: (types, rule, what it must be, its command-line option). Checked at this door,
+# before any work, so that `seed="abc"` or `--epochs 0` is refused by name instead of failing (or being
+# silently replaced by a default) deep in the pipeline. The CLI gets the same checks by calling the API.
+OPTIONS = {
+    "seed": (INTEGER, lambda v: 0 <= v < 2**63, "an integer from 0 to 2**63 - 1", "--seed"),
+    "split_seed": (INTEGER, lambda v: 0 <= v < 2**63, "an integer from 0 to 2**63 - 1", "--split-seed"),
+    "budget": (INTEGER + TEXT, lambda v: parse_budget(v) or True,  # parse_budget names a bad value itself
+               "a count like 40, a share like '5%', 'all', or 0", "--budget"),
+    "epochs": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--epochs"),
+    "source_epochs": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--source-epochs"),
+    "batch_size": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--batch-size"),
+    "patience": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--patience"),
+    "image_size": (INTEGER, lambda v: v >= 8, "an integer >= 8 (pixels)", "--image-size"),
+    "lr": (NUMBER, lambda v: v > 0, "a number > 0", "--lr"),
+    "n_boot": (INTEGER, lambda v: v >= 0, "an integer >= 0", None),
+    "accelerator": (TEXT, lambda v: v in ACCELERATORS and available(v), f"one of {', '.join(ACCELERATORS)}",
+                    "--device"),
+    "split": (TEXT, lambda v: v in SPLITS, f"one of {', '.join(SPLITS)}", "--split"),
+    "jobs": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--jobs"),
+    "n_perm": (INTEGER, lambda v: v >= 0, "an integer >= 0", "--permutations"),
+    "max_samples": (INTEGER, lambda v: v >= 10, "an integer >= 10", "--max-samples"),
+    "temperature": (NUMBER, lambda v: v > 0, "a number > 0", "--temperature"),
+    "queue_size": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--queue-size"),
+    "momentum": (NUMBER, lambda v: 0 <= v < 1, "a number in [0, 1)", "--momentum"),
+    "limit": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--limit"),
+}
+
+
+def available(accelerator: str) -> bool:
+    """cuda / mps only on a machine that has one (else the training loop fails later with a raw error)."""
+    import torch
+
+    if (accelerator == "cuda" and not torch.cuda.is_available()) or \
+            (accelerator == "mps" and not torch.backends.mps.is_available()):
+        raise MedTransferError(f"accelerator {accelerator!r} is not available on this machine; use cpu or auto "
+                               "(option --device)")
+    return True
+
+
+def check_options(**values) -> None:
+    """Refuse the first bad option value with one line naming the option; None means its default."""
+    for name, value in values.items():
+        types, rule, must, flag = OPTIONS[name]
+        if value is None:
+            continue
+        fits = isinstance(value, types) and not isinstance(value, bool) and \
+            (not isinstance(value, Real) or isinstance(value, Integral) or math.isfinite(value))
+        if not fits or (rule is not None and not rule(value)):
+            where = f" (option {flag})" if flag else ""
+            raise MedTransferError(f"{name} must be {must}, got {value!r}{where}")
 
 
 def transfer(data: str, strategy: str = "full", source: str | None = None, *, budget=None, seed: int = 0,
@@ -41,6 +98,10 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     for cohorts too small for one fixed test split. `target`/`group`: label and patient columns of a
     csv: table. `weights=False` saves the run without model.safetensors (grids keep predictions only).
     `progress`: True (bars), False, or a `medtransfer.progress.Progress`."""
+    check_options(seed=seed, split_seed=split_seed, budget=budget, image_size=image_size, epochs=epochs, lr=lr,
+                  batch_size=batch_size, patience=patience, source_epochs=source_epochs, accelerator=accelerator,
+                  n_boot=n_boot)
+    source = str(source) if isinstance(source, Path) else source  # a run folder or weights file as a Path
     return pipeline.transfer(TransferRequest(
         data, strategy, source, budget=budget, seed=seed, split_seed=split_seed, backbone=backbone,
         image_size=image_size, source_epochs=source_epochs, loading=DataOptions(data_root, target, group),
@@ -57,6 +118,7 @@ def pretrain(data: str | list[str], *, method: str = "supervised", backbone: str
     (epochs, lr, image_size, data_root, target, ...). method="simclr" or "moco": self-supervised on the
     training images of one or more 2D image datasets (`data` a list or a comma list; labels ignored),
     see `pretrain_self_supervised` for the options."""
+    check_options(seed=seed, **{k: v for k, v in options.items() if k in OPTIONS})
     if method not in PRETRAIN_METHODS:
         raise MedTransferError(f"unknown pretraining method {method!r}; choose one of: {', '.join(PRETRAIN_METHODS)}")
     if method != "supervised":
@@ -90,6 +152,9 @@ def pretrain_self_supervised(data: str | list[str], method: str = "simclr", *, b
     first dataset's labelled val split when it has one (the best epoch is kept; else the last).
     `views`: augmentation options (ViewConfig fields) as a dict or ["name=value", ...]. The run folder
     is an ordinary source: `transfer(..., source=run_dir)` gives the target a new head."""
+    check_options(seed=seed, image_size=image_size, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
+                  accelerator=accelerator, temperature=temperature, queue_size=queue_size, momentum=momentum,
+                  limit=limit)
     return pipeline.pretrain(PretrainRequest(
         data, method, backbone=backbone, seed=seed, image_size=image_size,
         loading=DataOptions(data_root, target, group), training=TrainOptions(epochs, lr, batch_size, patience),
@@ -100,13 +165,70 @@ def pretrain_self_supervised(data: str | list[str], method: str = "simclr", *, b
 def evaluate(run: str | Path, data: str | None = None, split: str = "test", data_root=None,
              n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Metrics (with 95% CIs) of a saved run on a split of its own or another dataset."""
+    check_options(split=split, n_boot=n_boot, seed=seed)
     return pipeline.evaluate(run, data, split, data_root, n_boot, seed)
 
 
-def predict(run: str | Path, inputs: str, data_root=None):
-    """Class probabilities of a saved run for new inputs (a DataFrame, one row per input): a CSV of
-    patients, image files or a folder of images, or a dataset spec (its test split)."""
-    return pipeline.predict(run, inputs, data_root)
+def predict(run: str | Path, inputs, data_root=None):
+    """Class probabilities of a saved run for new inputs (a DataFrame, one row per input). `inputs`: a path
+    or str (a CSV of patients, an image, a folder of images) or a dataset spec (its test split); a pandas
+    DataFrame of patients (tabular models: encoded as its CSV would be); or images as a torch tensor or
+    numpy array (N, C, H, W) shaped like the training images, float in [0, 1] or uint8 in 0-255."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from .pipeline.reuse import predict_frame, predict_tensor
+
+    if isinstance(inputs, (str, Path)):
+        return pipeline.predict(run, str(inputs), data_root)
+    if isinstance(inputs, pd.DataFrame):
+        return predict_frame(run, inputs)
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        x = image_tensor(read_meta(Path(run)), inputs)
+        return predict_tensor(run, x, [str(i) for i in range(len(x))])
+    raise MedTransferError(f"cannot predict on a {type(inputs).__name__}: give a path (CSV, image or folder) or a "
+                           "dataset spec as a str or Path, a pandas DataFrame of patients, or images as a torch "
+                           "tensor or numpy array (N, C, H, W)")
+
+
+def image_tensor(meta: dict, images):
+    """Images as the training path decoded them: float32 (N, C, H, W) in [0, 1], with the channels and size
+    of the training images. uint8 is read as 0-255; any other range, layout, channel count or size is
+    refused rather than guessed (a grey copy of a colour image would give a plausible wrong answer)."""
+    import torch
+
+    from .pipeline.reuse import decoded_layout
+
+    if meta["input"]["modality"] != "image2d":
+        raise MedTransferError(f"an array of 2D images does not fit this run's model, which takes "
+                               f"{meta['input']['modality']} inputs: give a CSV or DataFrame (tables) or a "
+                               "dataset spec")
+    try:
+        x = torch.as_tensor(images).detach().cpu()
+    except (TypeError, RuntimeError) as exc:
+        raise MedTransferError(f"cannot read the image array ({exc}): give float in [0, 1] or uint8") from None
+    channels, size = decoded_layout(meta)
+    size = (size, size) if isinstance(size, int) else size
+    if x.ndim != 4 or len(x) == 0:
+        raise MedTransferError(f"images must be an array (N, C, H, W) with N >= 1, got shape {tuple(x.shape)}; "
+                               "for one grey image add the axes: x[None, None]")
+    if x.shape[1] != channels:
+        raise MedTransferError(f"images have {x.shape[1]} channel(s) but the model was trained on {channels}: give "
+                               f"(N, {channels}, H, W) images (grey for 1 channel, RGB for 3)")
+    if size and tuple(x.shape[2:]) != tuple(size):
+        raise MedTransferError(f"images are {x.shape[2]}x{x.shape[3]} but the model was trained on "
+                               f"{size[0]}x{size[1]}; resize them, or predict on the image files (resized as in "
+                               "training)")
+    if x.dtype == torch.uint8:
+        return x.float() / 255
+    if not x.is_floating_point():
+        raise MedTransferError(f"images of type {x.dtype} are ambiguous: give float in [0, 1] or uint8 in 0-255")
+    x = x.float()
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise MedTransferError(f"float images must lie in [0, 1] (uint8 is read as 0-255), got values from "
+                               f"{x.min():.4g} to {x.max():.4g}: scale them to [0, 1] or pass uint8")
+    return x
 
 
 def shift(source: str, target: str, *, model: str | Path | None = None, out: str | Path | None = None,
@@ -124,6 +246,7 @@ def shift(source: str, target: str, *, model: str | Path | None = None, out: str
     Returns the `ShiftDiagnosis`."""
     from .reporting.shift import write_shift_report
 
+    check_options(seed=seed, n_perm=n_perm, max_samples=max_samples, n_boot=n_boot, accelerator=accelerator)
     request = ShiftRequest(source, target, model, DataOptions(data_root, label_column, group), seed=seed,
                            n_perm=n_perm, max_samples=max_samples, n_boot=n_boot, accelerator=accelerator,
                            output=Output(out, overwrite, save))
@@ -131,18 +254,24 @@ def shift(source: str, target: str, *, model: str | Path | None = None, out: str
 
 
 def experiment(config: str | Path, out: str | Path | None = None, jobs: int = 1, data_root: str | None = None,
-               progress: bool = True, report: bool = True, console=None) -> Path:
+               progress: bool = True, report: bool = True, console=None, overwrite: bool = False) -> Path:
     """Run (or resume) an experiment grid from its YAML; write results.csv, the MLflow store and
-    (unless report=False) report.html / report.md. Returns the experiment folder."""
+    (unless report=False) report.html / report.md. Returns the experiment folder.
+
+    A folder that holds another experiment is refused unless `overwrite` (which replaces it). Cells that
+    cannot run are recorded as failed and the others go on; once everything is written, failed cells raise
+    `medtransfer.experiment.CellsFailed` (a MedTransferError with `.out` and `.failed`)."""
     from .experiment import run_experiment
 
-    folder = run_experiment(Path(config), out=Path(out) if out else None, jobs=jobs, data_root=data_root,
-                            progress=progress, console=console)
-    if report:
+    check_options(jobs=jobs)
+
+    def write(folder: Path) -> None:  # written while the experiment folder is still locked
         html, _ = write_report(folder)
         if console is not None:
             console.print(f"report: {html}")
-    return folder
+
+    return run_experiment(Path(config), out=Path(out) if out else None, jobs=jobs, data_root=data_root,
+                          progress=progress, console=console, overwrite=overwrite, after=write if report else None)
 
 
 run_experiment = experiment  # the name grids were run by before the API had `experiment`

@@ -1,17 +1,23 @@
 """`medtransfer` command line: a thin layer over the Python API (medtransfer.api).
 
-Bad input prints one line (`error: …`) and exits with code 2; `--debug` shows the traceback.
+Bad input (a usage error too) prints one line (`error: …`) and exits with code 2; `--debug` shows the
+traceback. Ctrl-C prints `interrupted` and exits with code 130. `medtransfer --version` names the version.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+# typer (pinned to 0.29.x in pyproject.toml) vendors click: these are the errors its parser raises
+from typer._click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError
 
 from .errors import MedTransferError
 from .reporting.blocks import Table, metrics_table
@@ -31,12 +37,27 @@ SEED = typer.Option(0, "--seed", help="seed for the label budget, initialisation
 OUT = typer.Option(None, "--out", "-o", help="run directory to write (default: runs/<data>_<strategy>_…)")
 OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing run directory")
 EPOCHS = typer.Option(None, "--epochs", help="maximum epochs (early stopping on validation AUC)")
+PATIENCE = typer.Option(None, "--patience", help="stop after this many epochs without a better validation AUC")
 LR = typer.Option(None, "--lr", help="learning rate of the head (backbone: 0.1x for full / lp-ft)")
 BATCH = typer.Option(None, "--batch-size")
 IMAGE_SIZE = typer.Option(None, "--image-size", help="2D images are resized to this before the backbone "
                           "(default 64; 128 for ImageNet sources)")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
+
+
+def show_version(value: bool) -> None:
+    """`medtransfer --version`: the version to quote in a bug report."""
+    if value:
+        from . import __version__
+        print(f"medtransfer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                      help="print the version and exit")):
+    pass
 
 
 @app.command()
@@ -84,6 +105,7 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
              backbone: Optional[str] = BACKBONE, out: Optional[Path] = OUT,
              seed: int = SEED, epochs: Optional[int] = EPOCHS, lr: Optional[float] = LR,
              batch_size: Optional[int] = BATCH, image_size: Optional[int] = IMAGE_SIZE,
+             patience: Optional[int] = PATIENCE,
              temperature: Optional[float] = typer.Option(None, "--temperature", help="simclr/moco: contrastive "
                                                          "temperature (default 0.5 simclr, 0.2 moco)"),
              queue_size: Optional[int] = typer.Option(None, "--queue-size", help="moco: negatives in the queue "
@@ -120,10 +142,12 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
                                       views=view or None, limit=limit).items() if v is not None})
     if method == "supervised" and (no_monitor or ssl):
         given = [f"--{k.replace('_', '-')}" for k in ssl] + (["--no-monitor"] if no_monitor else [])
-        raise MedTransferError(f"{', '.join(given).replace('--views', '--view')} apply to --method simclr or moco")
+        raise MedTransferError(f"{', '.join(given).replace('--views', '--view')}: these options apply to --method "
+                               "simclr or moco; add --method simclr (or moco), or drop them for supervised pretraining")
     result = api.pretrain(data, method=method, backbone=backbone, out=out, seed=seed, epochs=epochs, lr=lr,
-                          batch_size=batch_size, image_size=image_size, data_root=data_root, target=target,
-                          group=group, overwrite=overwrite, accelerator=device, progress=not quiet, **ssl)
+                          batch_size=batch_size, image_size=image_size, patience=patience, data_root=data_root,
+                          target=target, group=group, overwrite=overwrite, accelerator=device, progress=not quiet,
+                          **ssl)
     if method == "supervised":
         show_result(result)
     else:
@@ -156,7 +180,7 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                                             "(csv:, heart:, folder: without split folders): repeated hold-out"),
              out: Optional[Path] = OUT,
              epochs: Optional[int] = EPOCHS, lr: Optional[float] = LR, batch_size: Optional[int] = BATCH,
-             image_size: Optional[int] = IMAGE_SIZE,
+             image_size: Optional[int] = IMAGE_SIZE, patience: Optional[int] = PATIENCE,
              source_epochs: Optional[int] = typer.Option(None, "--source-epochs", help="epochs when pretraining a source dataset"),
              data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
              overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
@@ -172,8 +196,8 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
     result = api.transfer(data, strategy, source, budget=budget, seed=seed, split_seed=split_seed,
                           backbone=backbone, out=out,
                           overwrite=overwrite, data_root=data_root, target=target, group=group, epochs=epochs,
-                          lr=lr, batch_size=batch_size, image_size=image_size, source_epochs=source_epochs,
-                          accelerator=device, progress=not quiet)
+                          lr=lr, batch_size=batch_size, image_size=image_size, patience=patience,
+                          source_epochs=source_epochs, accelerator=device, progress=not quiet)
     show_result(result)
 
 
@@ -237,13 +261,11 @@ def evaluate(run: Path = typer.Argument(..., help="a run directory"),
     """
     from . import api
 
-    if split not in ("train", "val", "test"):
-        raise MedTransferError(f"bad --split {split!r}: use train, val or test")
+    if json_out:
+        check_writable(json_out, "--json")
     metrics = api.evaluate(run, data=data, split=split, data_root=data_root)
     show(metrics_table(metrics, f"{run} on {data or 'its own data'} ({split})"))
     if json_out:
-        if json_out.exists():
-            raise MedTransferError(f"{json_out} already exists; choose another --json path")
         json_out.write_text(json.dumps(metrics, indent=2))
 
 
@@ -258,8 +280,8 @@ def predict(run: Path = typer.Argument(..., help="a run directory"),
     """
     from . import api
 
-    if out and out.exists() and not overwrite:
-        raise MedTransferError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out:
+        check_writable(out, "--out", overwrite)
     frame = api.predict(run, inputs, data_root=data_root)
     if out:
         frame.to_csv(out, index=False)
@@ -288,16 +310,18 @@ def experiment(config: Path = typer.Argument(..., help="experiment YAML (see exa
                out: Optional[Path] = typer.Option(None, "--out", "-o", help="experiment folder "
                                                   "(default: experiments/<name>); re-run to resume"),
                jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="cells run in parallel processes"),
-               data_root: Optional[Path] = DATA_ROOT, quiet: bool = QUIET):
+               data_root: Optional[Path] = DATA_ROOT, quiet: bool = QUIET,
+               overwrite: bool = typer.Option(False, "--overwrite", help="replace another experiment found in --out")):
     """Run a grid of targets x sources x strategies x label budgets x seeds; resumable. Writes results.csv,
-    an MLflow store (mlflow.db) and report.html / report.md.
+    an MLflow store (mlflow.db) and report.html / report.md. Cells that cannot run are listed as failed
+    (exit 2 once everything is written); a re-run retries them.
 
     Example: medtransfer experiment examples/heart-sites.yaml --jobs 2
     """
     from . import api
 
     api.experiment(config, out=out, jobs=jobs, data_root=str(data_root) if data_root else None,
-                   progress=not quiet, console=console)
+                   progress=not quiet, console=console, overwrite=overwrite)
 
 
 @app.command()
@@ -310,6 +334,22 @@ def report(folder: Path = typer.Argument(..., help="an experiment folder")):
 
     html, md = api.write_report(folder)
     console.print(f"report: {html} and {md}")
+
+
+def check_writable(path: Path, option: str, overwrite: bool = False) -> None:
+    """Refuse an output file that exists (unless `overwrite`) or cannot be written, before any work."""
+    if path.exists() and not (overwrite and path.is_file()):
+        how = "pass --overwrite or choose" if path.is_file() and option == "--out" else "choose"
+        raise MedTransferError(f"{path} already exists; {how} another {option} path")
+    folder = path.parent
+    if not folder.is_dir():
+        raise MedTransferError(f"cannot write {path}: {folder} is not a folder; create it or choose another {option}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise MedTransferError(f"cannot write {path}: {folder} is not writable ({exc.strerror}); "
+                               f"choose another {option}") from None
 
 
 def show(*blocks) -> None:
@@ -325,20 +365,33 @@ def show_result(result) -> None:
 
 
 def main() -> None:
-    import click
+    """Run a command; every ending has its documented exit code: 0 done, 2 bad input or usage (one line
+    on stderr), 130 interrupted (one line), 1 an unexpected failure (one line; --debug: the traceback).
 
+    The command is invoked here rather than through typer's `app(standalone_mode=False)`: that turns
+    Ctrl-C into a *returned* 130 which was then dropped (exit 0, `experiment && report` carried on)."""
     debug = "--debug" in sys.argv[1:]
     args = [a for a in sys.argv[1:] if a != "--debug"]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with Ctrl-C ignored
+        signal.signal(signal.SIGINT, raise_interrupted)
     try:
-        app(args=args, standalone_mode=False, prog_name="medtransfer")
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        console.print("interrupted", style="red")
+        command = typer.main.get_command(app)
+        with command.make_context("medtransfer", args) as ctx:
+            command.invoke(ctx)
+    except (KeyboardInterrupt, typer.Abort):
+        stop_children()
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except typer.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:  # `medtransfer … | head` stopped reading: nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except NoArgsIsHelpError:  # the help is already shown
+        sys.exit(2)
+    except UsageError as exc:
+        print(f"error: {usage_message(exc, args)}", file=sys.stderr)
+        sys.exit(2)
     except MedTransferError as exc:
         if debug:
             raise
@@ -349,6 +402,73 @@ def main() -> None:
             raise
         print(f"error: {exc.__class__.__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, raised by our own SIGINT handler. CPython flags a plain KeyboardInterrupt that leaves some
+    C-level evaluation (here: during a run's imports) and then, at exit, kills itself with SIGINT even
+    though main() handled it: exit 130 became a death by signal about one time in ten (strace: SIG_DFL,
+    then kill(self, SIGINT), after "interrupted"). It flags only the exact type; a subclass is not."""
+
+
+def raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
+def stop_children() -> None:
+    """After Ctrl-C, stop the worker processes (`experiment --jobs N`) instead of waiting at exit for
+    their cells to finish; a cell stopped mid-way is staged, never half-written, and re-runs on resume."""
+    import multiprocessing
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not add a traceback
+    for child in multiprocessing.active_children():
+        child.terminate()
+
+
+def usage_message(exc: UsageError, args: list[str]) -> str:
+    """A parser error as what is wrong (the option and the value given), and where the help is."""
+    path = exc.ctx.command_path if exc.ctx is not None else command_path(args)
+    see = f"see `{path} --help`"
+    param = getattr(exc, "param", None)
+    if isinstance(exc, NoSuchOption):
+        guess = f" (did you mean {' or '.join(sorted(exc.possibilities))}?)" if exc.possibilities else ""
+        return f"unknown option {exc.option_name} for `{path}`{guess}; {see}"
+    if isinstance(exc, MissingParameter) and param is not None:
+        return f"missing {param_name(param)}; {see}"
+    if isinstance(exc, BadParameter) and param is not None:
+        value = given_value(param, args)
+        got = f" {value!r}" if value is not None else ""
+        return f"bad value{got} for {param_name(param)}: {lowered(exc.message)}; {see}"
+    return f"{lowered(exc.format_message())}; {see}"
+
+
+def param_name(param) -> str:
+    if param.param_type_name == "option":
+        return "option " + max(param.opts, key=len)
+    return f"argument {param.name.upper()}"
+
+
+def given_value(param, args: list[str]) -> str | None:
+    """The value the user typed for an option (`--epochs abc` or `--epochs=abc`), the last one given."""
+    value = None
+    for i, arg in enumerate(args):
+        for opt in param.opts:
+            if arg == opt and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(opt + "="):
+                value = arg[len(opt) + 1:]
+    return value
+
+
+def command_path(args: list[str]) -> str:
+    commands = typer.main.get_command(app).commands
+    name = next((a for a in args if not a.startswith("-")), None)
+    return f"medtransfer {name}" if name in commands else "medtransfer"
+
+
+def lowered(text: str) -> str:
+    text = text.strip().rstrip(".")
+    return text[:1].lower() + text[1:]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ TRAINING = {
 
 BACKBONES = {"image2d": "resnet18", "image3d": "monai:resnet10", "tabular": "mlp"}
 IMAGE_SIZE = 64  # 2D images are resized to this: large enough for ResNet stems, small enough for CPUs
+MIN_IMAGE_SIZE = 8  # smaller is refused: a 2D backbone keeps no spatial map (and 0 once meant the default)
 IMAGENET_IMAGE_SIZE = 128  # ImageNet features need objects larger than 28 px; 128 px stays CPU-cheap
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)  # logistic-regression inverse regularisation, chosen on validation

@@ -5,8 +5,11 @@ new run is written beside it and swapped in only once complete, so a failure los
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +32,30 @@ def default_run_dir(*parts: str, root: str = "runs") -> Path:
 
 
 def check_writable(out: Path, overwrite: bool) -> None:
-    """Fail before any work is done, not after."""
+    """Fail before any work is done, not after: `out` must not hold an earlier run (unless overwriting)
+    and the folder it goes in must be writable (a probe folder is created there and removed), since a
+    run is staged beside `out` and renamed into place only at the end."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedTransferError(f"output {out} is a file, not a folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise MedTransferError(f"{out} already exists; choose another --out or pass --overwrite")
+    probe_parent(out)
+
+
+def probe_parent(out: Path) -> None:
+    """Create and remove a probe folder where `out` will be created (its nearest existing ancestor)."""
+    parent = Path(os.path.abspath(out)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MedTransferError(f"cannot write {out}: {parent} is a file, not a folder; choose another --out")
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".medtransfer-probe-", dir=parent))
+    except OSError as exc:
+        raise MedTransferError(f"cannot write {out}: folder {parent} is not writable ({exc.strerror or exc}); "
+                               "choose another --out or fix the folder's permissions") from None
+    probe.rmdir()
 
 
 def staging_dir(out: Path) -> Path:
@@ -51,15 +75,54 @@ def commit_dir(stage: Path, out: Path) -> None:
 
 
 def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, default=_plain))
+    """Strict JSON (no NaN / Infinity tokens, which JSON does not have and strict readers refuse). An
+    undefined value (nan: a metric with no positives, a CI without bootstrap) is written as null and
+    `read_json` restores it in metric entries; an infinite value is a bug upstream and raises ValueError."""
+    Path(path).write_text(dumps(data, indent=2, where=Path(path).stem))
 
 
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, (Path, tuple, set)):
-        return str(value) if isinstance(value, Path) else list(value)
+def dumps(data, where: str = "value", **kwargs) -> str:
+    """`json.dumps` as every file of the package is written: nan -> null, numpy scalars and arrays as
+    numbers and lists, paths as text, and never NaN / Infinity (ValueError)."""
+    return json.dumps(strict(data, where), allow_nan=False, **kwargs)
+
+
+def strict(value, where: str = "value"):
+    """`value` with every float nan replaced by None (recursively); other values as JSON takes them.
+    An infinite number raises ValueError naming where it is (e.g. `metrics.test.auc.value`)."""
+    if isinstance(value, dict):
+        return {k: strict(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [strict(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return strict(value.tolist(), where)
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, float) and math.isinf(value):
+        raise ValueError(f"{where} is {value}, which JSON cannot hold; an infinite number here is a bug")
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def read_json(path: Path):
+    """A JSON file the package wrote. Metric entries ({"value": ..., "ci": [...]}) get nan back where
+    an undefined value was written as null, so arithmetic on them works as before; older files with
+    NaN tokens read as they always did."""
+    return json.loads(Path(path).read_text(), object_hook=_metric_nan)
+
+
+def _metric_nan(entry: dict) -> dict:
+    if "value" in entry and "ci" in entry:
+        nan = float("nan")
+        entry = dict(entry, value=nan if entry["value"] is None else entry["value"])
+        if isinstance(entry["ci"], list):
+            entry["ci"] = [nan if v is None else v for v in entry["ci"]]
+    return entry
 
 
 def predictions_frame(split: str, y: np.ndarray, prob: np.ndarray, classes: list[str]) -> pd.DataFrame:

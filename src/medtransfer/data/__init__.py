@@ -10,16 +10,33 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import MedTransferError
 from ..registry import import_submodules
 from .base import Split, TaskDataset
 from .budget import apply_budget, parse_budget
-from .schemes import LOADERS, SCHEMES, LoadOptions, is_dataset_spec, load_spec, register_scheme
+from .fingerprint import dataset_fingerprint
+from .schemes import (LOADERS, SCHEMES, LoadOptions, check_options_used, is_dataset_spec, load_spec, reads,
+                      register_scheme)
 
 
 def load_dataset(spec: str, *, data_root=None, target: str | None = None, group: str | None = None,
                  encoder=None, split_seed: int = 0) -> TaskDataset:
     """Load a dataset named by `scheme:argument`. `encoder` (tabular) reuses a source's encoding."""
     return load_spec(spec, LoadOptions(data_root, target, group, encoder, split_seed))
+
+
+def require_classes(dataset: TaskDataset, spec: str) -> None:
+    """A dataset a classifier is trained on needs labels and at least two classes: refused here, before
+    any training (one class would only fail after training, when the metrics need two columns)."""
+    where = dataset.info.get("source") or dataset.info.get("file") or spec
+    if dataset.info.get("unlabelled"):
+        raise MedTransferError(f"{spec}: {where} holds unlabelled images (no class sub-folders); training a classifier "
+                               "needs one sub-folder per class (<folder>/<class>/*.png); unlabelled images serve "
+                               "self-supervised pretraining (medtransfer pretrain --method simclr)")
+    if dataset.num_classes < 2:
+        raise MedTransferError(f"{spec}: {where} has only one class ({', '.join(map(repr, dataset.classes))}); a "
+                               "classifier needs at least two: add examples of another class (e.g. another class "
+                               "folder)")
 
 
 # Each loader module registers its scheme(s). The built-in ones first, in the order users see them
@@ -29,4 +46,5 @@ for _module in ("medmnist", "folder", "tabular", "shift"):
 import_submodules(__name__)
 
 __all__ = ["Split", "TaskDataset", "load_dataset", "apply_budget", "parse_budget", "LOADERS", "SCHEMES", "LoadOptions",
-           "register_scheme", "is_dataset_spec"]
+           "register_scheme", "is_dataset_spec", "reads", "check_options_used", "dataset_fingerprint",
+           "require_classes"]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from medtransfer.data.base import Split, TaskDataset
+from medtransfer.data.fingerprint import digest, files_digest
 from medtransfer.data.schemes import LoadOptions, register_scheme
 from medtransfer.errors import MedTransferError
 
@@ -36,7 +37,7 @@ _LAYOUT_HELP = (
 
 
 @register_scheme("folder", help="one sub-folder per class (PNG/JPEG/DICOM), optional train/val/test folders, "
-                                "e.g. folder:./xrays")
+                                "e.g. folder:./xrays", reads=())  # classes come from the folder names
 def load_scheme(arg: str, options: LoadOptions) -> TaskDataset:
     return load_folder(arg, seed=options.split_seed)
 
@@ -95,6 +96,8 @@ def load_folder(
         classes=classes,
         **splits,
         info={"source": str(root), "layout": layout, "n_files": len(files),
+              "fingerprint": digest("folder", files_digest(files, root), layout, classes, seed, image_size, channels,
+                                    val_fraction, test_fraction),
               **({"unlabelled": True} if layout == "unlabelled" else {}),
               **({"split_seed": seed} if layout != "split-folders" else {})},  # the test split was drawn here
     )
@@ -207,15 +210,23 @@ def _stratified_split(labels, classes, val_fraction, test_fraction, seed, strict
 # --- decoding --------------------------------------------------------------------------------
 
 
-def decode_images(files: list[Path], image_size: int | None, channels: int | None) -> torch.Tensor:
+def decode_images(files: list[Path], image_size: int | tuple[int, int] | None, channels: int | None) -> torch.Tensor:
     """Decode every file once (threads: PIL and pydicom release the GIL while decoding), then
-    settle channels and size and copy into one preallocated tensor."""
+    settle channels and size and copy into one preallocated tensor.
+
+    The one decoder of image files, for training (`folder:`, channels and size settled from the files)
+    and for new files at predict time (channels and (height, width) of the training images, from the
+    checkpoint): the same file gives the same tensor through either door. image_size: a square size,
+    (height, width), or None (the files' own size when they share one, else 224). channels: 1 (colour
+    as ITU-R 601 luma), 3 (grey repeated), or None (3 when any file is colour)."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = list(pool.map(_read_image, files))
     if channels is None:
         channels = 3 if any(a.ndim == 3 for a in images) else 1
     sizes = {a.shape[:2] for a in images}
-    if image_size is not None:
+    if isinstance(image_size, (tuple, list)):
+        size = (int(image_size[0]), int(image_size[1]))
+    elif image_size is not None:
         size = (image_size, image_size)
     elif len(sizes) == 1:
         size = sizes.pop()
@@ -226,6 +237,15 @@ def decode_images(files: list[Path], image_size: int | None, channels: int | Non
         a, images[i] = images[i], None  # free each decoded image as soon as it is copied
         out[i] = torch.from_numpy(_resize(_to_channels(a, channels), size))
     return out
+
+
+def image_files(path: Path) -> list[Path]:
+    """The image files a path names: the file itself, or every image below a folder (hidden files
+    and folders skipped), sorted, so a split folder lists its images in the order `folder:` loads them."""
+    path = Path(path)
+    if path.is_file():
+        return [path] if path.name.lower().endswith(IMAGE_EXTENSIONS) else []
+    return _image_files(path)
 
 
 def _read_image(file: Path) -> np.ndarray:
@@ -250,7 +270,7 @@ def _read_pil(file: Path) -> np.ndarray:
         if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit PNG/TIFF
             return np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0, 1)
         if mode == "F":  # float TIFF: no fixed range, so min-max like DICOM
-            return _min_max(np.asarray(img, dtype=np.float32))
+            return _min_max(np.asarray(img, dtype=np.float32), file)
         if mode in ("1", "L", "LA"):
             return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
         return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
@@ -266,7 +286,7 @@ def _read_dicom(file: Path) -> np.ndarray:
         )
     a = ds.pixel_array.astype(np.float64)
     a = a * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-    a = _min_max(a)
+    a = _min_max(a, file)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # low values mean white: invert
         a = 1.0 - a
     if a.ndim == 3 and a.shape[-1] != 3:
@@ -276,7 +296,10 @@ def _read_dicom(file: Path) -> np.ndarray:
     return a.astype(np.float32)
 
 
-def _min_max(a: np.ndarray) -> np.ndarray:
+def _min_max(a: np.ndarray, file: Path) -> np.ndarray:
+    if not np.isfinite(a).all():  # NaN would make min/max NaN and the image silently black
+        raise MedTransferError(f"{file}: holds NaN or infinite pixel values; export the image with finite values "
+                               "or remove it")
     lo, hi = float(a.min()), float(a.max())
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import MedTransferError
 from .base import Split, TaskDataset
+from .fingerprint import digest, stat_digest
 from .schemes import LoadOptions, register_scheme
 
 ZENODO = "https://zenodo.org/records/10519652/files"
@@ -104,7 +105,9 @@ def load_medmnist(spec: str, data_root: str | Path | None = None, download: bool
     try:
         npz = np.load(path)
     except Exception as exc:
-        raise MedTransferError(f"{path} is not a readable .npz file ({exc.__class__.__name__})") from None
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise MedTransferError(f"{path} is not a readable .npz file ({exc.__class__.__name__}: {reason}); delete it "
+                               "and download the official file again") from None
     missing = [k for k in KEYS if k not in npz.files]
     if missing:
         raise MedTransferError(f"{path} lacks the MedMNIST keys {missing}; expected {KEYS}")
@@ -126,12 +129,13 @@ def load_medmnist(spec: str, data_root: str | Path | None = None, download: bool
         modality="image3d" if is_3d else "image2d",
         task=task,
         classes=classes,
-        info={"file": str(path), "flag": flag, "size": size},
+        info={"file": str(path), "flag": flag, "size": size, "fingerprint": digest("medmnist", flag, size,
+                                                                                  stat_digest(path))},
         **splits,
     )
 
 
 @register_scheme("medmnist", help="official MedMNIST .npz from the data root, e.g. medmnist:pneumoniamnist or "
-                                  "medmnist:adrenalmnist3d@64")
+                                  "medmnist:adrenalmnist3d@64", reads=())
 def load_scheme(arg: str, options: LoadOptions) -> TaskDataset:
     return load_medmnist(arg, options.data_root)

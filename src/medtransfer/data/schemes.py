@@ -48,10 +48,18 @@ class _HelpTexts(Mapping):
 SCHEMES = _HelpTexts()  # what `medtransfer datasets` and the "bad dataset" message print
 
 
-def register_scheme(name: str, *, help: str):  # noqa: A002 - reads like the CLI's help=
-    """Decorator: `@register_scheme("csv", help="...")` on a `load(arg, options) -> TaskDataset`."""
+LABEL_OPTIONS = ("target", "group")  # the options a scheme may or may not read: refused where none reads them
+
+
+def register_scheme(name: str, *, help: str, reads=LABEL_OPTIONS):  # noqa: A002 - reads like the CLI's help=
+    """Decorator: `@register_scheme("csv", help="...")` on a `load(arg, options) -> TaskDataset`.
+
+    `reads`: which of the label options (`target`, `group`) the scheme uses, e.g. `()` for a scheme
+    with a fixed label such as heart:, or a function `arg -> names` for a scheme that wraps another
+    (shift:). A scheme that says nothing is assumed to read them all, so it is never refused one."""
     def add(load: Loader) -> Loader:
         load.help = help
+        load.reads = reads
         return LOADERS.register(name)(load)
     return add
 
@@ -62,10 +70,63 @@ def is_dataset_spec(spec: str) -> bool:
     return bool(sep) and scheme in LOADERS
 
 
+def reads(spec: str) -> frozenset:
+    """The label options (`target`, `group`) the scheme of `spec` uses."""
+    scheme, _, arg = str(spec).partition(":")
+    declared = getattr(LOADERS.get(scheme), "reads", LABEL_OPTIONS)
+    return frozenset(declared(arg) if callable(declared) else declared)
+
+
+def check_options_used(specs, target: str | None, group: str | None) -> None:
+    """Refuse a label option that no dataset of the request reads: it would be silently ignored
+    (heart: has its fixed label, images take their classes from folders or files)."""
+    specs = [s for s in specs if s and is_dataset_spec(s)]
+    for option, value, flag in (("target", target, "--target"), ("group", group, "--group")):
+        if value is not None and specs and not any(option in reads(s) for s in specs):
+            raise MedTransferError(f"{flag} {value} would be ignored: {' and '.join(specs)} take no {option} column "
+                                   f"(a fixed label, or classes from folders or files); {flag} names a column of a "
+                                   "csv: table, so drop it here")
+
+
 def load_spec(spec: str, options: LoadOptions) -> TaskDataset:
-    """Load the dataset named by `scheme:argument`; a bad spec lists every scheme with its help."""
+    """Load the dataset named by `scheme:argument`; a bad spec lists every scheme with its help. Whatever
+    the scheme, the labels it returns must fit its classes (checked here, once, for every loader)."""
     scheme, sep, arg = str(spec).partition(":")
     if not sep or scheme not in LOADERS or not arg:
         raise MedTransferError(f"bad dataset {spec!r}: use one of " + "; ".join(
             f"{name}:… ({text})" for name, text in SCHEMES.items()))
-    return LOADERS[scheme](arg, options)
+    dataset = LOADERS[scheme](arg, options)
+    check_labels(dataset, spec)
+    return dataset
+
+
+def check_labels(dataset: TaskDataset, spec: str) -> None:
+    """Every split has one label per example, and every label is one of the dataset's classes: a label
+    beyond them would fail deep in training (`IndexError: Target 3 is out of bounds`) or, worse, be
+    scored against the wrong class."""
+    import torch
+
+    where = dataset.info.get("file") or dataset.info.get("source") or spec
+    k = len(dataset.classes)
+    for name in ("train", "val", "test"):
+        split = dataset.split(name)
+        if len(split.x) != len(split.y):
+            raise MedTransferError(f"{where}: the {name} split has {len(split.x)} examples but {len(split.y)} labels")
+        y = split.y
+        if len(y) == 0:
+            continue
+        if dataset.task == "multilabel":
+            if y.ndim != 2 or y.shape[1] != k:
+                raise MedTransferError(f"{where}: {name} labels have shape {tuple(y.shape)}, not (N, {k}) for the "
+                                       f"{k} labels {dataset.classes}; is the file the dataset it is named after?")
+            bad = torch.unique(y[(y != 0) & (y != 1)])
+        else:
+            if y.ndim != 1:
+                raise MedTransferError(f"{where}: {name} labels have shape {tuple(y.shape)}, not one class per "
+                                       "example")
+            bad = torch.unique(y[(y < 0) | (y >= k)])
+        if len(bad):
+            shown = ", ".join(f"{v:g}" for v in bad[:5].tolist())
+            raise MedTransferError(f"{where}: {name} split holds label(s) {shown}, outside the {k} classes "
+                                   f"{dataset.classes} (labels 0-{k - 1}); is the file the dataset it is named "
+                                   "after? Replace it with the right file")

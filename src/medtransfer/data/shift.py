@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from ..errors import MedTransferError
 from .base import Split, TaskDataset
-from .schemes import LoadOptions, load_spec, register_scheme
+from .fingerprint import dataset_fingerprint, digest
+from .schemes import LoadOptions, load_spec, reads, register_scheme
 
 KINDS = {
     "gamma": (1.8, "intensity curve x**g (another detector response)"),
@@ -141,13 +142,15 @@ def shifted_dataset(dataset: TaskDataset, kind: str, strength: float) -> TaskDat
     splits = {name: shift_split(dataset.split(name), kind, strength, NOISE_SEED + i) for i, name in enumerate(SPLITS)}
     label = f"{strength:g}"
     info = dict(dataset.info, shift={"kind": kind, "strength": strength, "description": KINDS[kind][1],
-                                     "of": dataset.name})
+                                     "of": dataset.name},
+                fingerprint=digest("shift", kind, strength, NOISE_SEED, dataset_fingerprint(dataset)))
     return replace(dataset, name=f"shift:{kind}:{label}:{dataset.name}", info=info, **splits)
 
 
 @register_scheme("shift", help="an image dataset under a known, seeded acquisition shift (every split, labels "
                                "kept): shift:<kind>[:<strength>]:<dataset>, kind gamma, contrast, brightness, blur, "
-                               "noise, lowres or scanner, e.g. shift:gamma:1.8:medmnist:pneumoniamnist")
+                               "noise, lowres or scanner, e.g. shift:gamma:1.8:medmnist:pneumoniamnist",
+                 reads=lambda arg: reads(parse_shift(arg)[2]))  # what the wrapped dataset reads
 def load_shifted(arg: str, options: LoadOptions) -> TaskDataset:
     """The wrapped dataset is loaded with the same options, so shifts compose with any scheme."""
     kind, strength, inner = parse_shift(arg)

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import MedTransferError
 from .base import Split, TaskDataset
+from .fingerprint import digest, file_digest
 from .schemes import LoadOptions, register_scheme
 
 if TYPE_CHECKING:  # pandas and scikit-learn load inside the functions: `import medtransfer.data` stays light
@@ -32,22 +33,55 @@ def as_text(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.notna(), MISSING).astype(str)
 
 
+def check_finite(values: pd.Series, col: str, where: str) -> None:
+    """Refuse +-inf in a numeric column (NaN is a missing value, imputed)."""
+    array = values.to_numpy(dtype=float, na_value=np.nan)
+    infinite = np.isinf(array)
+    if infinite.any():
+        rows = list(values.index[infinite][:5])
+        raise MedTransferError(f"{where}: column {col!r} holds infinite values (rows {rows}); replace them with "
+                               "real measurements or leave them empty (missing)")
+
+
+def _rows(index, k: int = 5) -> str:
+    """'row 3' / 'rows 3, 7, … (12 rows)': which rows, by the table's own index."""
+    shown = ", ".join(map(str, list(index[:k])))
+    if len(index) == 1:
+        return f"row {shown}"
+    return f"rows {shown}" + (f", … ({len(index)} rows)" if len(index) > k else "")
+
+
+def _shown(values: pd.Series, k: int = 5) -> str:
+    distinct = sorted(set(map(str, values)))
+    return ", ".join(repr(v) for v in distinct[:k]) + (f", … ({len(distinct)} distinct)" if len(distinct) > k else "")
+
+
 @dataclass
 class TabularEncoder:
     numeric: dict[str, tuple[float, float, float]]  # column -> (median, mean, std)
     categorical: dict[str, list[str]]  # column -> levels seen in training (+ MISSING)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, columns: list[str]) -> "TabularEncoder":
+    def fit(cls, frame: pd.DataFrame, columns: list[str], where: str = "the table") -> "TabularEncoder":
+        """Statistics of the training rows. A non-finite value, or values so large that the mean or
+        standard deviation overflows, is refused naming the column: an infinite spread would encode
+        the whole column as 0 without a word."""
         import pandas as pd
 
         numeric, categorical = {}, {}
         for col in columns:
             values = frame[col]
             if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-                filled = values.fillna(values.median() if values.notna().any() else 0.0)
-                std = float(filled.std(ddof=0)) or 1.0
-                numeric[col] = (float(filled.median()), float(filled.mean()), std)
+                check_finite(values, col, where)
+                with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+                    filled = values.fillna(values.median() if values.notna().any() else 0.0)
+                    std = float(filled.std(ddof=0)) or 1.0
+                    numeric[col] = (float(filled.median()), float(filled.mean()), std)
+                if not np.isfinite(numeric[col]).all():
+                    raise MedTransferError(
+                        f"{where}: column {col!r} has values too large to standardise (largest magnitude "
+                        f"{float(values.abs().max()):.3g}: its mean or spread overflows); rescale the column "
+                        "(e.g. other units) or drop it")
             else:
                 categorical[col] = sorted(set(as_text(values)) - {MISSING}) + [MISSING]
         return cls(numeric, categorical)
@@ -59,21 +93,47 @@ class TabularEncoder:
             names += [f"{col}={level}" for level in levels]
         return names
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+    def transform(self, frame: pd.DataFrame, where: str = "the table", warnings: list | None = None) -> np.ndarray:
+        """Encode rows as at training. A missing value is imputed (numeric: the training median;
+        categorical: the missing level). A value the encoding cannot read (text in a numeric column,
+        a level never seen in training) is imputed the same way; when `warnings` is a list, one line
+        per column names those values there. Infinite values, and values so far out that the encoded
+        feature overflows, are refused naming the column."""
         missing = [c for c in [*self.numeric, *self.categorical] if c not in frame.columns]
         if missing:
-            raise MedTransferError(f"columns {missing} are missing; this encoding expects them")
+            raise MedTransferError(f"{where}: columns {missing} are missing; this encoding expects them "
+                                   f"(columns found: {', '.join(map(str, frame.columns))})")
         import pandas as pd
 
         parts = []
         for col, (median, mean, std) in self.numeric.items():
-            values = pd.to_numeric(frame[col], errors="coerce").fillna(median).to_numpy(float)
+            parsed = pd.to_numeric(frame[col], errors="coerce")
+            check_finite(parsed, col, where)
+            if warnings is not None:
+                unreadable = frame[col][parsed.isna() & frame[col].notna()]
+                if len(unreadable):
+                    warnings.append(f"{where}: column {col!r} has values that are not numbers "
+                                    f"({_shown(unreadable)}) in {_rows(unreadable.index)}; they were imputed with "
+                                    f"the training median {median:g}, as a missing value")
+            values = parsed.fillna(median).to_numpy(float)
             parts.append(((values - mean) / std)[:, None])
         for col, levels in self.categorical.items():
             values = as_text(frame[col])
-            values = values.where(values.isin(levels), MISSING)  # unseen level -> missing
+            unseen = ~values.isin(levels)
+            if warnings is not None and unseen.any():
+                warnings.append(f"{where}: column {col!r} has values never seen in training "
+                                f"({_shown(values[unseen])}) in {_rows(values.index[unseen])}; they were encoded "
+                                f"as missing (known values: {', '.join(v for v in levels if v != MISSING)})")
+            values = values.where(~unseen, MISSING)  # unseen level -> missing
             parts.append((values.to_numpy()[:, None] == np.array(levels)[None, :]).astype(float))
-        return np.concatenate(parts, axis=1).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+            x = np.concatenate(parts, axis=1).astype(np.float32)
+        if not np.isfinite(x).all():
+            names = self.feature_names
+            col = names[int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])]
+            raise MedTransferError(f"{where}: column {col!r} has values so far from the training range that they "
+                                   "overflow once standardised; check the column's units")
+        return x
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,14 +168,27 @@ def split_indices(y: np.ndarray, groups: np.ndarray | None, seed: int, val_fract
 def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str | None = None,
                      drop: tuple[str, ...] = (), encoder: TabularEncoder | None = None,
                      classes: list[str] | None = None, split_seed: int = 0,
-                     val_fraction: float = 0.15, test_fraction: float = 0.3) -> TaskDataset:
-    for col in [target, *([group] if group else [])]:
+                     val_fraction: float = 0.15, test_fraction: float = 0.3, where: str | None = None) -> TaskDataset:
+    """`where`: the file the table came from, for messages (default: `name`)."""
+    import pandas as pd
+
+    where = where or name
+    for col, flag in ((target, "label column (--target)"), *(((group, "group column (--group)"),) if group else ())):
         if col not in frame.columns:
-            raise MedTransferError(f"column {col!r} not in {name}; columns are: {', '.join(frame.columns)}")
+            raise MedTransferError(f"{flag} {col!r} not in {where}; columns are: {', '.join(map(str, frame.columns))}")
+    if len(frame) == 0:
+        raise MedTransferError(f"{where} has a header but no data rows; add rows of patients")
     if frame[target].isna().any():
         rows = list(frame.index[frame[target].isna()][:5])
-        raise MedTransferError(f"{name}: target column {target!r} has missing labels (rows {rows}); "
+        raise MedTransferError(f"{where}: target column {target!r} has missing labels (rows {rows}); "
                                "drop or fill those rows first")
+    as_number = pd.to_numeric(frame[target], errors="coerce")
+    infinite = np.isinf(as_number.to_numpy(dtype=float, na_value=np.nan))
+    if infinite.any():
+        rows = list(frame.index[infinite][:5])
+        raise MedTransferError(f"{where}: label column {target!r} holds non-finite values "
+                               f"({_shown(frame[target][infinite])}, rows {rows}); a label is a class, not inf: "
+                               "fix or drop those rows")
     labels = frame[target].astype(str)
     classes = classes or sorted(labels.unique())
     unknown = set(labels) - set(classes)
@@ -131,8 +204,10 @@ def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str 
         raise MedTransferError(f"{name}: cannot make a stratified split ({exc}); each class needs "
                                "several rows") from None
     features = [c for c in frame.columns if c not in {target, group, *drop}]
-    encoder = encoder or TabularEncoder.fit(frame.iloc[parts[0]], features)
-    x = torch.from_numpy(encoder.transform(frame))
+    # Rows encoded with another site's encoding may hold values that encoding never saw: say so.
+    warnings = [] if encoder is not None else None
+    encoder = encoder or TabularEncoder.fit(frame.iloc[parts[0]], features, where)
+    x = torch.from_numpy(encoder.transform(frame, where, warnings))
     y = torch.from_numpy(y)
     train, val, test = (Split(x[idx], y[idx]) for idx in parts)
     for split_name, split in (("train", train), ("val", val), ("test", test)):
@@ -143,36 +218,53 @@ def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str 
     return TaskDataset(name=name, modality="tabular", task="binary" if len(classes) == 2 else "multiclass",
                        classes=classes, train=train, val=val, test=test, encoder=encoder,
                        info={"features": encoder.feature_names, "rows": len(frame), "split_seed": split_seed,
-                             "missing": {c: float(frame[c].isna().mean()) for c in features}})
+                             "missing": {c: float(frame[c].isna().mean()) for c in features},
+                             **({"warnings": warnings} if warnings else {})})
 
 
 @register_scheme("csv", help="a table with --target COLUMN (and --group COLUMN for patient-level splits), "
-                             "e.g. csv:./labs.csv")
+                             "e.g. csv:./labs.csv", reads=("target", "group"))
 def load_csv_scheme(arg: str, options: LoadOptions) -> TaskDataset:
     return load_csv(arg, options.target, options.group, encoder=options.encoder, split_seed=options.split_seed)
 
 
 @register_scheme("heart", help="built-in UCI Heart Disease site: cleveland, hungary, switzerland or va, "
-                               "e.g. heart:hungary")
+                               "e.g. heart:hungary", reads=())  # the label is fixed: disease (num > 0)
 def load_heart_scheme(arg: str, options: LoadOptions) -> TaskDataset:
     return load_heart(arg, encoder=options.encoder, split_seed=options.split_seed)
 
 
 def load_csv(path: str | Path, target: str | None, group: str | None = None,
              encoder: TabularEncoder | None = None, split_seed: int = 0) -> TaskDataset:
-    import pandas as pd
-
     path = Path(path).expanduser()
     if not target:
         raise MedTransferError(f"csv:{path} needs --target COLUMN naming the label column")
     if not path.is_file():
         raise MedTransferError(f"CSV file {path} not found")
+    frame = read_csv(path)
+    dataset = frame_to_dataset(frame, target, f"csv:{path.name}", group=group, encoder=encoder,
+                               split_seed=split_seed, where=str(path))
+    dataset.info["fingerprint"] = digest("csv", file_digest(path), target, group, split_seed,
+                                         encoder.to_dict() if encoder is not None else None)
+    return dataset
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file with at least one data row, or one clear error naming the file."""
+    import pandas as pd
+
     try:
         frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise MedTransferError(f"{path} is empty (no header, no rows); give a CSV with a header row and one row "
+                               "per patient") from None
     except Exception as exc:
-        raise MedTransferError(f"{path} is not a readable CSV ({exc.__class__.__name__}: {exc})") from None
-    return frame_to_dataset(frame, target, f"csv:{path.name}", group=group, encoder=encoder,
-                            split_seed=split_seed)
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise MedTransferError(f"{path} is not a readable CSV ({exc.__class__.__name__}: {reason}); save it as "
+                               "comma-separated text with a header row") from None
+    if len(frame) == 0:
+        raise MedTransferError(f"{path} has a header but no data rows; add one row per patient")
+    return frame
 
 
 def heart_frame() -> pd.DataFrame:
@@ -198,5 +290,14 @@ def load_heart(site: str, encoder: TabularEncoder | None = None, split_seed: int
         raise MedTransferError(f"unknown heart site {site!r}; choose one of: {', '.join(HEART_SITES)}")
     frame = heart_frame()
     frame = frame[frame.pop("dataset") == HEART_SITES[key]].reset_index(drop=True)
-    return frame_to_dataset(frame, "disease", f"heart:{key}", encoder=encoder,
-                            classes=["no disease", "disease"], split_seed=split_seed, test_fraction=0.5)
+    dataset = frame_to_dataset(frame, "disease", f"heart:{key}", encoder=encoder,
+                               classes=["no disease", "disease"], split_seed=split_seed, test_fraction=0.5)
+    dataset.info["fingerprint"] = digest("heart", _heart_digest(), key, split_seed,
+                                         encoder.to_dict() if encoder is not None else None)
+    return dataset
+
+
+@lru_cache(maxsize=1)
+def _heart_digest() -> str:
+    with resources.as_file(resources.files("medtransfer.data.resources").joinpath("heart_disease_uci.csv")) as f:
+        return file_digest(f)

@@ -43,6 +43,15 @@ class ExperimentConfig(BaseModel):
     keep_weights: bool = False  # cells keep predictions and metrics; weights only on request
     n_boot: int = Field(1000, ge=0)
 
+    @field_validator("name")
+    @classmethod
+    def plain_name(cls, name: str) -> str:
+        """The name becomes the folder experiments/<name>: a path here would write somewhere else."""
+        if "/" in name or "\\" in name or ".." in name or "\0" in name or name.strip() in ("", "."):
+            raise ValueError("must be a plain name such as heart-sites, not a path (no /, \\ or ..); "
+                             "choose the folder with --out")
+        return name
+
     @field_validator("strategies")
     @classmethod
     def known_strategies(cls, names: list[str]) -> list[str]:

@@ -7,6 +7,12 @@ directories, never appended to, so it cannot lose or repeat a row. Each finished
 MLflow run (SQLite file `EXP/mlflow.db`, artifacts in `EXP/mlartifacts/`:
 `mlflow ui --backend-store-uri sqlite:///mlflow.db`). The report is written by the layer above
 (`reporting.experiment`), from these files.
+
+One process writes a folder at a time (`folder.folder_lock`, held from before the store is opened to
+after the report), and a folder holding another experiment is refused (`folder.claim`). Every cell is
+checked before any training (`pipeline.preflight`); a cell refused there, or failing while it runs,
+is recorded as failed (`cells/<id>.failed.json`, a row with its `error` in results.csv) and the grid
+goes on; a re-run retries it.
 """
 
 from __future__ import annotations
@@ -14,14 +20,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import traceback
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Callable
 
+from ..errors import MedTransferError
 from ..pipeline import DataOptions, Output, TrainOptions, TransferRequest, transfer
+from ..pipeline.preflight import preflight
 from ..progress import SILENT, Progress, RichProgress, rich_bar
 from .config import NO_SOURCE, ExperimentConfig, load_config
+from .folder import claim, folder_lock
 from .grid import Cell, grid, settings_of
-from .store import Results, Tracker, done, write_environment
+from .store import Results, Tracker, done, error_line, failure_file, record_failure, write_environment
 
 
 def cell_request(cell: Cell, out: Path, config: ExperimentConfig, data_root: str | None,
@@ -32,7 +44,7 @@ def cell_request(cell: Cell, out: Path, config: ExperimentConfig, data_root: str
         cell.target, cell.strategy, None if cell.source == NO_SOURCE else cell.source, budget=cell.budget,
         seed=cell.seed, split_seed=cell.seed if config.resplit else 0, backbone=cell.backbone,
         image_size=train.image_size, source_epochs=train.source_epochs,
-        loading=DataOptions(data_root, config.target_column, config.group_column),
+        loading=DataOptions(data_root, config.target_column, config.group_column).used_by(cell.target, cell.source),
         training=TrainOptions(train.epochs, train.lr, train.batch_size, train.patience, train.augment),
         output=Output(out, overwrite=True, weights=config.keep_weights), n_boot=config.n_boot, progress=progress)
 
@@ -50,27 +62,64 @@ def _worker(args) -> str:
     return str(out)
 
 
+class CellsFailed(MedTransferError):
+    """Raised at the very end, once results.csv, MLflow and the report are written: some cells failed.
+    `failed` maps cell ids to their one-line errors; `out` is the experiment folder."""
+
+    def __init__(self, out: Path, failed: dict[str, str], total: int):
+        name, error = next(iter(failed.items()))
+        super().__init__(f"{len(failed)} of {total} cells failed (first: {name}: {error[:200]}); all are listed "
+                         f"with their errors in {out / 'results.csv'} and the report; fix the cause and run again "
+                         "to retry them")
+        self.out, self.failed = out, failed
+
+
 def run_experiment(config_path: Path, out: Path | None = None, jobs: int = 1, data_root: str | None = None,
-                   progress: bool = True, console=None) -> Path:
-    """Run (or resume) every cell; write results.csv and the MLflow store. Returns the folder."""
+                   progress: bool = True, console=None, overwrite: bool = False,
+                   after: Callable[[Path], object] | None = None) -> Path:
+    """Run (or resume) every cell; write results.csv and the MLflow store; then call `after(folder)`
+    (e.g. the report) while the folder is still locked. Returns the folder. A folder that holds another
+    experiment is refused unless `overwrite`; cells that cannot or did not run are recorded as failed and
+    the grid goes on, and CellsFailed is raised once everything is written."""
     from rich.console import Console
 
     console = console or Console()
     config, text = load_config(config_path)
     out = Path(out) if out else Path("experiments") / config.name
-    data_root = data_root or config.data_root
+    with folder_lock(out):
+        replace = claim(out, config, overwrite)
+        cells, failed = run_locked(config, text, out, jobs, data_root or config.data_root, progress, console,
+                                   replace)
+        if after is not None:
+            after(out)
+    if failed:
+        raise CellsFailed(out, failed, len(cells))
+    return out
+
+
+def run_locked(config: ExperimentConfig, text: str, out: Path, jobs: int, data_root: str | None,
+               progress: bool, console, replace: bool = False) -> tuple[list, dict[str, str]]:
+    """The run itself, with the folder's lock held: cells checked, run, recorded. Returns the cells and
+    the failed ones (cell id -> error). `replace`: another experiment was removed from the folder."""
+    def say(line: str) -> None:  # one line, whatever the terminal width; error text is never read as markup
+        console.print(line, soft_wrap=True, markup=False)
+
     settings = settings_of(config)
     cells = [(cell, out / "cells" / cell.id(settings)) for cell in grid(config)]
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(text)
     write_environment(out)
     for leftover in (out / "cells").glob("*.partial"):  # a cell killed mid-write
         shutil.rmtree(leftover, ignore_errors=True)
     todo = [(c, d) for c, d in cells if not done(d)]
-    console.print(f"experiment {config.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, "
-                  f"{len(todo)} to run -> {out}")
+    refused = preflight_cells(todo, config, data_root)
+    todo = [(c, d) for c, d in todo if d.name not in refused]
+    console.print(f"experiment {config.name}: {len(cells)} cells, {len(cells) - len(todo) - len(refused)} already "
+                  f"done, {len(todo)} to run" + (f", {len(refused)} refused" if refused else "") + f" -> {out}",
+                  soft_wrap=True)
+    for reason, count in Counter(refused.values()).items():
+        say(f"refused {count} cell{'s' * (count > 1)} before training: {reason}")
     results = Results(out, cells)
-    tracker = Tracker(out, config.name)
+    tracker = Tracker.open(out, config.name, replace, say)
     if tracker.client is None:
         console.print("MLflow is not installed: results.csv only (pip install 'medtransfer[tracking]')")
     display = rich_bar(transient=False) if progress else None
@@ -79,24 +128,58 @@ def run_experiment(config_path: Path, out: Path | None = None, jobs: int = 1, da
         with display if display is not None else contextlib.nullcontext():
             bar = shown.start("cells", total=len(cells), completed=len(cells) - len(todo))
 
-            def finish(cell: Cell, folder: Path) -> None:
+            def finish(cell: Cell, folder: Path, error: BaseException | None) -> None:
+                if error is not None and not isinstance(error, Exception):
+                    raise error  # KeyboardInterrupt (also from a worker) stops the grid; it is no failed cell
+                if error is None:
+                    failure_file(folder).unlink(missing_ok=True)
+                else:
+                    record_failure(cell, folder, error_line(error), "run", "".join(traceback.format_exception(error)))
+                    say(f"cell {folder.name} failed: {error_line(error)}")
                 results.add(cell, folder)
-                tracker.log(folder)
+                if error is None:
+                    tracker.log(folder)
                 bar.update(advance=1)
 
             # The first cell of each source pretrains and caches it; run those alone before any parallelism.
             first, rest = split_first_per_source(todo)
             for cell, folder in first + (rest if jobs <= 1 else []):
                 bar.update(f"cells  {folder.name}")
-                run_cell(cell, folder, config, data_root, shown)
-                finish(cell, folder)
+                finish(cell, folder, attempt(lambda: run_cell(cell, folder, config, data_root, shown)))
             if jobs > 1 and rest:
                 run_parallel(rest, config, data_root, jobs, finish)
     finally:
         frame = results.write()
     tracker.sync(cells)
-    console.print(f"results: {out / 'results.csv'} ({len(frame)} rows); MLflow: {out / 'mlflow.db'}")
-    return out
+    failed = results.failed()
+    console.print(f"results: {out / 'results.csv'} ({len(frame)} rows" + (f", {len(failed)} failed" if failed else "")
+                  + f"); MLflow: {out / 'mlflow.db'}", soft_wrap=True)
+    return cells, failed
+
+
+def attempt(run: Callable[[], object]) -> BaseException | None:
+    """Run one cell; its error (any Exception) is returned to be recorded, so the grid goes on.
+    KeyboardInterrupt is no Exception: it propagates and stops the grid."""
+    try:
+        run()
+    except Exception as exc:  # noqa: BLE001 (any failure of one cell is that cell's, recorded with its error)
+        return exc
+    return None
+
+
+def preflight_cells(todo: list, config: ExperimentConfig, data_root: str | None) -> dict[str, str]:
+    """cell id -> why it cannot run, for every cell that cannot, checked before any training or
+    pretraining (each dataset loaded once); those cells are recorded as failed and not run."""
+    cache, refused = {}, {}
+    for cell, folder in todo:
+        try:
+            reason = preflight(cell_request(cell, folder, config, data_root), cache)
+        except MedTransferError as exc:  # the request itself is refused (an option this cell cannot use)
+            reason = str(exc)
+        if reason is not None:
+            record_failure(cell, folder, reason, "preflight")
+            refused[folder.name] = reason
+    return refused
 
 
 def split_first_per_source(todo: list) -> tuple[list, list]:
@@ -109,6 +192,7 @@ def split_first_per_source(todo: list) -> tuple[list, list]:
 
 
 def run_parallel(todo: list, config: ExperimentConfig, data_root, jobs: int, on_done) -> None:
+    """Cells in worker processes; each one's result or error goes to `on_done(cell, folder, error)`."""
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -118,8 +202,7 @@ def run_parallel(todo: list, config: ExperimentConfig, data_root, jobs: int, on_
                    for cell, folder in todo}
         try:
             for future in as_completed(futures):
-                future.result()
-                on_done(*futures[future])
+                on_done(*futures[future], future.exception())
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

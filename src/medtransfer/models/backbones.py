@@ -12,6 +12,7 @@ family; this module only dispatches on the architecture's "kind".
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from .kinds import KINDS, kind_for
 from .kinds.mlp import MLP  # noqa: F401 - importable from here, as before
 
 DEFAULT_IMAGE_SIZE = defaults.IMAGE_SIZE
+MIN_IMAGE_SIZE = defaults.MIN_IMAGE_SIZE
 DEFAULT_BACKBONES = defaults.BACKBONES
 
 
@@ -115,10 +117,21 @@ def create_model(architecture: dict, spec: InputSpec, num_outputs: int) -> Class
     return Classifier(backbone, width, num_outputs, spec, architecture)
 
 
+def pick_size(image_size: int | None, default: int) -> int:
+    """The image size asked for, else the default. Only None means "the default": a size of 0 (or any
+    size too small for a backbone) is refused, never silently replaced (`or` would turn 0 into 64)."""
+    if image_size is None:
+        return default
+    if isinstance(image_size, bool) or not isinstance(image_size, Integral) or image_size < MIN_IMAGE_SIZE:
+        raise MedTransferError(f"image size must be a whole number of pixels >= {MIN_IMAGE_SIZE}, got {image_size!r} "
+                               "(--image-size)")
+    return int(image_size)
+
+
 def default_spec(modality: str, channels: int, features: list[str] | None = None,
                  image_size: int | None = None) -> InputSpec:
     """Input spec for a model trained from scratch on this data."""
     if modality == "tabular":
         return InputSpec("tabular", features=list(features or []), mean=(0.0,), std=(1.0,))
-    size = (image_size or DEFAULT_IMAGE_SIZE) if modality == "image2d" else None
+    size = pick_size(image_size, DEFAULT_IMAGE_SIZE) if modality == "image2d" else None
     return InputSpec(modality, channels=channels, size=size, mean=(0.5,) * channels, std=(0.5,) * channels)

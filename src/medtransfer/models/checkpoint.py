@@ -10,13 +10,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import MedTransferError
+from ..runs import dumps
 from .backbones import Classifier, InputSpec, create_model
 
 WEIGHTS, META = "model.safetensors", "model.json"
 
 
+REQUIRED = {"architecture": dict, "input": dict, "task": str, "classes": list, "num_outputs": int}
+
+
 def save_checkpoint(directory: Path, model: Classifier, task: str, classes: list[str],
-                    encoder: dict | None, provenance: dict, weights: bool = True) -> None:
+                    encoder: dict | None, provenance: dict, weights: bool = True,
+                    data_shape: list[int] | None = None) -> None:
+    """`data_shape`: the shape of one training example as the data loader decoded it (images:
+    [channels, height, width]), so new image files are decoded exactly as the training images were."""
     directory.mkdir(parents=True, exist_ok=True)
     if weights:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -24,14 +31,38 @@ def save_checkpoint(directory: Path, model: Classifier, task: str, classes: list
     meta = {"format": "medtransfer-checkpoint/1", "architecture": model.architecture,
             "input": model.spec.to_dict(), "task": task, "classes": classes,
             "num_outputs": model.head.out_features, "encoder": encoder, "provenance": provenance}
-    (directory / META).write_text(json.dumps(meta, indent=2))
+    if data_shape is not None:
+        meta["data_shape"] = [int(n) for n in data_shape]
+    (directory / META).write_text(dumps(meta, indent=2))
 
 
 def read_meta(directory: Path) -> dict:
+    """model.json, checked: valid JSON holding every key a checkpoint needs, each of the right type."""
     path = Path(directory) / META
     if not path.is_file():
         raise MedTransferError(f"{directory} is not a medtransfer run or checkpoint folder (no {META})")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MedTransferError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged: re-run the "
+                               "transfer that wrote it or restore the file") from None
+    if not isinstance(meta, dict):
+        raise MedTransferError(f"{path} is not a medtransfer checkpoint (not a JSON object); re-run the transfer "
+                               "that wrote it or restore the file")
+    for key, kind in REQUIRED.items():
+        if key not in meta:
+            raise MedTransferError(f"{path} lacks the required key {key!r} (it needs "
+                                   f"{', '.join(map(repr, REQUIRED))}); re-run the transfer that wrote it or "
+                                   "restore the file")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise MedTransferError(f"{path}: {key!r} must be a JSON {kind.__name__}, got {meta[key]!r}; re-run the "
+                                   "transfer that wrote it or restore the file")
+    for key, inner in (("architecture", ("kind",)), ("input", ("modality",))):
+        missing = [k for k in inner if k not in meta[key]]
+        if missing:
+            raise MedTransferError(f"{path}: {key!r} lacks {', '.join(map(repr, missing))}; re-run the transfer "
+                                   "that wrote it or restore the file")
+    return meta
 
 
 def load_state_strict(model: torch.nn.Module, state: dict, where: str) -> None:
@@ -53,6 +84,21 @@ def load_checkpoint(directory: Path) -> tuple[Classifier, dict]:
     meta = read_meta(directory)
     if not (directory / WEIGHTS).is_file():
         raise MedTransferError(f"{directory} has no {WEIGHTS} (an experiment cell run without keep_weights)")
-    model = create_model(meta["architecture"], InputSpec.from_dict(meta["input"]), meta["num_outputs"])
-    load_state_strict(model, load_file(str(directory / WEIGHTS)), str(directory / WEIGHTS))
+    try:
+        spec = InputSpec.from_dict(meta["input"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise MedTransferError(f"{directory / META}: 'input' is not a valid input spec ({exc}); re-run the "
+                               "transfer that wrote it or restore the file") from None
+    model = create_model(meta["architecture"], spec, meta["num_outputs"])
+    load_state_strict(model, read_weights(directory / WEIGHTS), str(directory / WEIGHTS))
     return model, meta
+
+
+def read_weights(path: Path) -> dict:
+    """The tensors of a .safetensors file; a truncated or damaged file is named, not a library error."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for a bad file
+        reason = " ".join(str(exc).split()) or exc.__class__.__name__
+        raise MedTransferError(f"{path} is truncated or corrupt, not a readable safetensors file ({reason}); "
+                               "re-run the transfer that wrote it or copy the file again") from None

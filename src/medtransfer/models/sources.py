@@ -11,8 +11,8 @@ import torch
 
 from .. import defaults
 from ..errors import MedTransferError
-from .backbones import DEFAULT_IMAGE_SIZE, Classifier, InputSpec, create_model, describe
-from .checkpoint import META, load_checkpoint, load_state_strict
+from .backbones import DEFAULT_IMAGE_SIZE, Classifier, InputSpec, create_model, describe, pick_size
+from .checkpoint import META, load_checkpoint, load_state_strict, read_weights
 from .kinds import KINDS
 
 IMAGENET_IMAGE_SIZE = defaults.IMAGENET_IMAGE_SIZE
@@ -37,8 +37,9 @@ def run_folder(spec: str) -> Path | None:
 
 
 def load_source_model(spec: str, modality: str, channels: int, backbone: str | None = None,
-                      image_size: int | None = None) -> Source:
-    """A source given as weights (not a dataset) -> a Classifier whose backbone holds them."""
+                      image_size: int | None = None, n_features: int = 0) -> Source:
+    """A source given as weights (not a dataset) -> a Classifier whose backbone holds them.
+    n_features: the target's encoded table width (tabular), which a bare MLP weights file is built for."""
     path = Path(spec).expanduser()
     directory = run_folder(spec)
     if directory is not None:
@@ -50,7 +51,7 @@ def load_source_model(spec: str, modality: str, channels: int, backbone: str | N
         backbone_module = create_imagenet_model(name, num_classes=0)
         info = IMAGENET_SOURCES[name]
         arch = {"kind": "timm", "name": info["timm_name"], "in_chans": 3}
-        spec_ = InputSpec("image2d", 3, image_size or IMAGENET_IMAGE_SIZE, info["mean"], info["std"])
+        spec_ = InputSpec("image2d", 3, pick_size(image_size, IMAGENET_IMAGE_SIZE), info["mean"], info["std"])
         return Source(with_backbone(arch, spec_, backbone_module), f"ImageNet {name} ({info['package']})")
     if spec.startswith("timm:"):
         import timm
@@ -63,10 +64,12 @@ def load_source_model(spec: str, modality: str, channels: int, backbone: str | N
                                    "imagenet:efficientnet_lite0 offline") from None
         cfg = backbone_module.pretrained_cfg
         arch = {"kind": "timm", "name": name, "in_chans": 3}
-        spec_ = InputSpec("image2d", 3, image_size or IMAGENET_IMAGE_SIZE, tuple(cfg["mean"]), tuple(cfg["std"]))
+        spec_ = InputSpec("image2d", 3, pick_size(image_size, IMAGENET_IMAGE_SIZE), tuple(cfg["mean"]),
+                          tuple(cfg["std"]))
         return Source(with_backbone(arch, spec_, backbone_module), f"timm {name} pretrained")
     if path.is_file():
-        return Source(load_weights_file(path, modality, channels, backbone, image_size), f"weights {path}")
+        return Source(load_weights_file(path, modality, channels, backbone, image_size, n_features),
+                      f"weights {path}")
     raise MedTransferError(f"source {spec!r} is not a run folder, weights file, imagenet:…, timm:… or dataset")
 
 
@@ -77,26 +80,32 @@ def with_backbone(arch: dict, spec: InputSpec, backbone: torch.nn.Module) -> Cla
 
 
 def load_weights_file(path: Path, modality: str, channels: int, backbone: str | None,
-                      image_size: int | None) -> Classifier:
+                      image_size: int | None, n_features: int = 0) -> Classifier:
     """Backbone weights from a .safetensors or .pth file, loaded strictly into --backbone."""
     if backbone is None:
         raise MedTransferError(f"{path} holds bare weights: name their architecture with --backbone (e.g. resnet18)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
+        state = read_weights(path)
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
         except Exception as exc:
-            raise MedTransferError(f"{path} is not a plain weights file ({exc.__class__.__name__}); "
-                                   "only tensors are loaded, never pickled objects") from None
+            reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+            raise MedTransferError(f"{path} is not a plain weights file ({exc.__class__.__name__}: {reason}); "
+                                   "only tensors are loaded, never pickled objects: save a state_dict of tensors "
+                                   "(or .safetensors), or check the file is complete") from None
         state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise MedTransferError(f"{path} holds a {type(state).__name__}, not a state_dict (parameter names mapped to "
+                               "tensors); save the backbone with torch.save(model.state_dict(), path) or as "
+                               ".safetensors")
     head_names = {"fc.weight", "fc.bias", "classifier.weight", "classifier.bias", "head.fc.weight", "head.fc.bias"}
     state = {k.removeprefix("backbone."): v for k, v in state.items()
              if not k.startswith("head.") and k.removeprefix("backbone.") not in head_names}
-    arch = describe(backbone, modality, 3 if channels == 1 and modality == "image2d" else channels)
+    arch = describe(backbone, modality, 3 if channels == 1 and modality == "image2d" else channels, n_features)
     arch = KINDS[arch["kind"]].channels_from_weights(arch, state)
-    spec = InputSpec(modality, arch.get("in_chans", 0), image_size or DEFAULT_IMAGE_SIZE if modality == "image2d" else None,
+    spec = InputSpec(modality, arch.get("in_chans", 0),
+                     pick_size(image_size, DEFAULT_IMAGE_SIZE) if modality == "image2d" else None,
                      (0.5,) * max(arch.get("in_chans", 1), 1), (0.5,) * max(arch.get("in_chans", 1), 1))
     model = create_model(arch, spec, num_outputs=1)
     load_state_strict(model.backbone, state, str(path))

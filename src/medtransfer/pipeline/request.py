@@ -3,13 +3,43 @@ instead of passing two dozen keyword arguments along; each option has exactly on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
+from numbers import Integral, Real
 from pathlib import Path
 
-from ..data import TaskDataset, load_dataset
+from ..data import TaskDataset, check_options_used, is_dataset_spec, load_dataset, reads
 from ..defaults import N_BOOT, TRAINING
+from ..errors import MedTransferError
+from ..models.backbones import pick_size
 from ..progress import SILENT, Progress
-from ..training.loop import TrainConfig
+from ..training.loop import ACCELERATORS, TrainConfig
+
+
+def check_int(name: str, value, minimum: int, flag: str | None = None, optional: bool = True) -> None:
+    """The one check of an integer option: a whole number (not a bool) of at least `minimum`; None
+    (the default) passes when `optional`. The error names the option and its command-line flag."""
+    if value is None and optional:
+        return
+    if isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum:
+        return
+    where = f" ({flag})" if flag else ""
+    raise MedTransferError(f"{name} must be a whole number >= {minimum}, got {value!r}{where}")
+
+
+def check_positive(name: str, value, flag: str | None = None) -> None:
+    """A finite number > 0 (None: the default)."""
+    if value is None:
+        return
+    if isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return
+    where = f" ({flag})" if flag else ""
+    raise MedTransferError(f"{name} must be a number > 0, got {value!r}{where}")
+
+
+def check_accelerator(value) -> None:
+    if value not in ("auto", *ACCELERATORS):
+        raise MedTransferError(f"accelerator must be one of auto, {', '.join(ACCELERATORS)}, got {value!r} (--device)")
 
 
 @dataclass(frozen=True)
@@ -23,6 +53,15 @@ class DataOptions:
         return load_dataset(spec, data_root=self.data_root, target=self.target, group=self.group,
                             encoder=encoder, split_seed=split_seed)
 
+    def used_by(self, *specs: str | None) -> "DataOptions":
+        """These options without a label or group column that none of `specs` reads (a grid-wide
+        target column for a cell of heart: sites, a csv: target's column for a heart: source): a request
+        refuses an option none of its datasets reads, since it would be silently ignored."""
+        specs = [s for s in specs if s and is_dataset_spec(s)]
+        used = frozenset().union(*(reads(s) for s in specs))
+        return replace(self, target=self.target if "target" in used else None,
+                       group=self.group if "group" in used else None)
+
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -32,6 +71,16 @@ class TrainOptions:
     batch_size: int | None = None
     patience: int | None = None
     augment: bool | None = None
+
+    def __post_init__(self):
+        # Checked once, here, for every door (API, CLI, grids): epochs 0 would return the untrained model
+        # as if trained, batch size 0 divides by zero, lr 0 trains nothing.
+        check_int("epochs", self.epochs, 1, "--epochs")
+        check_int("batch_size", self.batch_size, 1, "--batch-size")
+        check_int("patience", self.patience, 1, "--patience")
+        check_positive("lr", self.lr, "--lr")
+        if self.augment not in (None, True, False):
+            raise MedTransferError(f"augment must be true or false, got {self.augment!r}")
 
     def config(self, row: str, seed: int, accelerator: str = "auto", progress: bool = True) -> TrainConfig:
         """The loop's settings: the defaults of `row` (a modality, or "ssl") with these overrides."""
@@ -60,6 +109,14 @@ class RunSettings:
     n_boot: int = N_BOOT
     progress: Progress = SILENT
 
+    def check_settings(self) -> None:
+        check_int("n_boot", self.n_boot, 0, "--n-boot", optional=False)
+        check_accelerator(self.accelerator)
+
+
+def check_image_size(value) -> None:
+    pick_size(value, 0)  # the one rule: None (the default) or a whole number of pixels >= MIN_IMAGE_SIZE
+
 
 @dataclass
 class TransferRequest(RunSettings):
@@ -73,6 +130,21 @@ class TransferRequest(RunSettings):
     image_size: int | None = None
     source_epochs: int | None = None  # epochs when a source dataset is pretrained first
 
+    def __post_init__(self):
+        """Every option checked before any work: a bad value is one line naming it, never a default
+        silently put in its place nor a crash after training."""
+        if not isinstance(self.data, str) or not self.data:
+            raise MedTransferError(f"data must be a dataset spec such as heart:hungary, got {self.data!r} (--data)")
+        if self.source is not None and not isinstance(self.source, str):
+            self.source = str(self.source)
+        check_int("seed", self.seed, 0, "--seed", optional=False)
+        check_int("split_seed", self.split_seed, 0, "--split-seed", optional=False)
+        check_int("source_epochs", self.source_epochs, 1, "--source-epochs")
+        check_image_size(self.image_size)
+        self.check_settings()
+        sources = [self.source] if self.source and is_dataset_spec(self.source) else []
+        check_options_used([self.data, *sources], self.loading.target, self.loading.group)
+
 
 @dataclass(frozen=True)
 class SSLOptions:
@@ -84,6 +156,13 @@ class SSLOptions:
     monitor: bool = True
     limit: int | None = None
 
+    def __post_init__(self):
+        check_positive("temperature", self.temperature, "--temperature")
+        check_int("queue_size", self.queue_size, 1, "--queue-size")
+        check_int("limit", self.limit, 1, "--limit")
+        if self.momentum is not None and not (isinstance(self.momentum, Real) and 0 <= self.momentum < 1):
+            raise MedTransferError(f"momentum must be a number in [0, 1), got {self.momentum!r} (--momentum)")
+
 
 @dataclass
 class PretrainRequest(RunSettings):
@@ -93,6 +172,11 @@ class PretrainRequest(RunSettings):
     seed: int = 0
     image_size: int | None = None
     ssl: SSLOptions = field(default_factory=SSLOptions)
+
+    def __post_init__(self):
+        check_int("seed", self.seed, 0, "--seed", optional=False)
+        check_image_size(self.image_size)
+        self.check_settings()
 
 
 @dataclass
@@ -107,3 +191,11 @@ class ShiftRequest:
     n_boot: int = 200
     accelerator: str = "auto"
     output: Output = field(default_factory=Output)
+
+    def __post_init__(self):
+        check_int("seed", self.seed, 0, "--seed", optional=False)
+        check_int("n_perm", self.n_perm, 0, "--permutations", optional=False)
+        check_int("n_boot", self.n_boot, 0, "--n-boot", optional=False)
+        check_int("max_samples", self.max_samples, 1, "--max-samples")
+        check_accelerator(self.accelerator)
+        check_options_used([self.source, self.target], self.loading.target, self.loading.group)

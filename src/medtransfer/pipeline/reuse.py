@@ -3,7 +3,7 @@ class probabilities for new inputs (`predict`)."""
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -17,16 +17,22 @@ from ..evaluation import compute_metrics
 from ..models.checkpoint import load_checkpoint
 from ..models.inference import predict_proba
 from ..models.sources import check_compatible
+from ..runs import read_json
+from .run import check_probabilities
 from .run_folder import require_classifier
+
+log = logging.getLogger("medtransfer")
 
 
 def evaluate(run: str | Path, data: str | None = None, split: str = "test", data_root=None,
              n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Metrics (with 95% CIs) of a saved run on a split of its own or another dataset."""
+    if split not in ("train", "val", "test"):
+        raise MedTransferError(f"unknown split {split!r}; choose train, val or test (--split)")
     run = Path(run)
     model, meta = load_checkpoint(run)
     require_classifier(meta, run)
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    config = read_config(run)
     data = data or config.get("data")
     if not data:
         raise MedTransferError(f"{run} does not record its dataset: pass --data")
@@ -38,48 +44,140 @@ def evaluate(run: str | Path, data: str | None = None, split: str = "test", data
     check_compatible(model, dataset.modality, dataset.in_channels, dataset.info.get("features"))
     if dataset.classes != meta["classes"]:
         raise MedTransferError(f"class mismatch: the model predicts {meta['classes']}, {data} has {dataset.classes}")
+    for warning in dataset.info.get("warnings", []):
+        log.warning(warning)
     part = dataset.split(split)
+    if len(part) == 0:
+        raise MedTransferError(f"the {split} split of {data} is empty; evaluate another split (--split)")
     prob = predict_proba(model, part.x, dataset.task)
+    check_probabilities(prob, f"the {split} split of {data}")
     return compute_metrics(part.y.numpy(), prob, dataset.task, n_boot=n_boot, seed=seed)
+
+
+def read_config(run: Path) -> dict:
+    """The run's config.json ({} when absent); a damaged one is named."""
+    path = run / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = read_json(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MedTransferError(f"{path} is not valid JSON ({exc}); restore the file or re-run the transfer") from None
+    if not isinstance(config, dict):
+        raise MedTransferError(f"{path} is not a run configuration (not a JSON object); restore the file")
+    return config
 
 
 def predict(run: str | Path, inputs: str, data_root=None) -> pd.DataFrame:
     """Class probabilities of a saved run for new inputs: a CSV of patients, image files or a folder of
-    images, or a dataset spec (its test split)."""
+    images, or a dataset spec (its test split). Values the model's encoding could not read (a category
+    never seen in training, text in a numeric column) are imputed as missing, as the model was trained
+    to handle, and named in `frame.attrs["warnings"]` and on the "medtransfer" logger."""
     run = Path(run)
     model, meta = load_checkpoint(run)
     require_classifier(meta, run)
+    warnings: list[str] = []
+    x, ids = read_inputs(meta, inputs, data_root, warnings)
+    return probability_frame(model, meta, x, ids, warnings)
+
+
+def predict_tensor(run: str | Path, x: torch.Tensor, ids: list[str], warnings: list[str] | None = None) -> pd.DataFrame:
+    """`predict` for inputs already in the model's form: the API's DataFrame and image-array inputs,
+    converted there, give the same table as a CSV or image files."""
+    run = Path(run)
+    model, meta = load_checkpoint(run)
+    require_classifier(meta, run)
+    return probability_frame(model, meta, x, ids, warnings or [])
+
+
+def predict_frame(run: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """`predict` for a DataFrame of patients (a tabular run): encoded as its CSV would be, with the
+    same warnings."""
+    run = Path(run)
+    model, meta = load_checkpoint(run)
+    require_classifier(meta, run)
+    if not meta.get("encoder"):
+        raise MedTransferError(f"a table of patients fits a tabular model, but {run} takes "
+                               f"{meta['input']['modality']} inputs: give image files or a dataset spec")
+    warnings: list[str] = []
+    x = encode_rows(meta, frame, "the DataFrame", warnings)
+    return probability_frame(model, meta, x, list(frame.index.astype(str)), warnings)
+
+
+def probability_frame(model, meta: dict, x: torch.Tensor, ids: list[str], warnings: list[str]) -> pd.DataFrame:
+    """One row per input: its id, one probability per class and (single-label) the predicted class;
+    the warnings ride along in `frame.attrs["warnings"]` and are logged."""
+    check_inputs(model, x)
     classes, task = meta["classes"], meta["task"]
-    x, ids = read_inputs(meta, inputs, data_root)
     prob = predict_proba(model, x, task)
+    check_probabilities(prob, "these inputs")
     frame = pd.DataFrame(prob, columns=[f"prob_{c}" for c in classes])
     frame.insert(0, "input", list(ids))
     if task != "multilabel":
         frame["predicted"] = [classes[i] for i in prob.argmax(1)]
+    for warning in warnings:
+        log.warning(warning)
+    frame.attrs["warnings"] = list(warnings)
     return frame
 
 
-def read_inputs(meta: dict, inputs: str, data_root=None) -> tuple[torch.Tensor, list[str]]:
-    """New inputs as the model's tensors, with an identifier per row."""
-    from ..data.folder import IMAGE_EXTENSIONS, decode_images
+def check_inputs(model, x: torch.Tensor) -> None:
+    """The inputs have the shape the model takes (so a wrong input is one line, not a convolution error)."""
+    spec = model.spec
+    if len(x) == 0:
+        raise MedTransferError("no inputs to predict on")
+    if spec.modality == "tabular":
+        ok = x.ndim == 2 and (not spec.features or x.shape[1] == len(spec.features))
+        wanted = f"(N, {len(spec.features)}) encoded features"
+    else:
+        ndim = 4 if spec.modality == "image2d" else 5
+        ok = x.ndim == ndim and x.shape[1] in (spec.channels, 1)
+        wanted = f"{spec.modality} images with {spec.channels} (or 1) channel(s)"
+    if not ok:
+        raise MedTransferError(f"the model takes {wanted}, got inputs of shape {tuple(x.shape)}")
 
+
+def encode_rows(meta: dict, frame: pd.DataFrame, where: str, warnings: list[str]) -> torch.Tensor:
+    if len(frame) == 0:
+        raise MedTransferError(f"{where} has no rows to predict on")
+    return torch.from_numpy(TabularEncoder.from_dict(meta["encoder"]).transform(frame, where, warnings))
+
+
+def read_inputs(meta: dict, inputs: str, data_root=None,
+                warnings: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """New inputs as the model's tensors, with an identifier per row. Image files are decoded by the one
+    decoder the training folder went through, to the channels and size the training images had
+    (`data_shape` in model.json), so a file gives the tensor it would have given in training."""
+    from ..data.folder import decode_images, image_files
+    from ..data.tabular import read_csv
+
+    warnings = [] if warnings is None else warnings
     path = Path(inputs).expanduser()
     if meta.get("encoder") and path.suffix.lower() == ".csv":
         if not path.is_file():
             raise MedTransferError(f"CSV file {path} not found")
-        frame = pd.read_csv(path)
-        x = torch.from_numpy(TabularEncoder.from_dict(meta["encoder"]).transform(frame))
-        return x, list(frame.index.astype(str))
+        frame = read_csv(path)
+        return encode_rows(meta, frame, str(path), warnings), list(frame.index.astype(str))
     if path.exists() and meta["input"]["modality"] == "image2d":
-        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*"))
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        files = image_files(path)
         if not files:
             raise MedTransferError(f"no PNG/JPEG/DICOM images in {path}")
-        channels = meta["input"]["channels"]
-        return decode_images(files, meta["input"]["size"], 1 if channels == 3 else channels), [str(f) for f in files]
+        channels, size = decoded_layout(meta)
+        return decode_images(files, size, channels), [str(f) for f in files]
     if is_dataset_spec(inputs):
         encoder = TabularEncoder.from_dict(meta["encoder"]) if meta.get("encoder") else None
         dataset = load_dataset(inputs, data_root=data_root, encoder=encoder)
+        warnings += dataset.info.get("warnings", [])
         return dataset.test.x, [f"test/{i}" for i in range(len(dataset.test))]
     raise MedTransferError(f"cannot predict on {inputs!r}: give a CSV file, an image or folder of images, "
                            "or a dataset such as medmnist:pneumoniamnist")
+
+
+def decoded_layout(meta: dict) -> tuple[int, tuple[int, int] | int | None]:
+    """(channels, size) image files are decoded to: those of the training images (`data_shape`, recorded
+    since issue 12); for an older checkpoint, the model's own channels and input size."""
+    shape = meta.get("data_shape")
+    if shape and len(shape) == 3:
+        return int(shape[0]), (int(shape[1]), int(shape[2]))
+    spec = meta["input"]
+    return spec["channels"], spec.get("size")

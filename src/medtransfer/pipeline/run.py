@@ -7,9 +7,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..data import TaskDataset, apply_budget
+from ..errors import MedTransferError
 from ..evaluation import compute_metrics
 from ..models.backbones import Classifier, default_spec, describe
 from ..models.inference import predict_proba
@@ -17,6 +19,7 @@ from ..models.sources import Source, check_compatible
 from ..progress import SILENT
 from ..runs import predictions_frame
 from ..strategies import Strategy, TransferContext, get_strategy
+from ..training.loop import FitResult
 from .request import TransferRequest
 from .run_folder import RunResult, versions, write_run
 
@@ -56,11 +59,43 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
         "group": loading.group, "data_root": str(loading.data_root) if loading.data_root else None,
         "classes": target.classes, "task": target.task, "strategy_notes": ctx.notes, "versions": versions(),
     }
-    result = RunResult(model, metrics, predictions, resolved, None, budgeted)
+    warnings = [*target.info.get("warnings", []), *fit_warnings(fit, source is not None)]
+    result = RunResult(model, metrics, predictions, resolved, None, budgeted, warnings)
     if out is not None:
         write_run(result, out, target, fit.history if fit else [], request.output.weights)
         result.out = out
     return result
+
+
+def fit_warnings(fit: FitResult | None, has_source: bool) -> list[str]:
+    """What the user must hear about the training: a run whose selected epoch is 0 returns the weights it
+    started from (random ones for a model trained from scratch) although it trained."""
+    if fit is None:
+        return []
+    warnings = []
+    if fit.diverged_epoch:
+        warnings.append(f"training diverged at epoch {fit.diverged_epoch} (the loss was not finite) and stopped "
+                        f"there; epoch {fit.best_epoch} was kept; a lower learning rate (--lr) may do better")
+    if fit.best_epoch != 0 or fit.epochs_run < 1:
+        return warnings
+    scores = [h.get("val_score") for h in fit.history]
+    started = ("the model as it was before the first training step (the source model, with a random new head "
+               "when the target's classes differ from the source's)") if has_source else \
+        "its untrained, random initial weights"
+    if all(v is None or v != v for v in scores):  # nan everywhere: no epoch could be compared
+        why = ("the validation score is undefined at every epoch (does the validation split hold only one "
+               "class?), so no epoch could be selected")
+    else:
+        why = f"no epoch of {fit.epochs_run} beat the validation score before training ({fit.best_score:.4f})"
+    return [*warnings, f"the selected model is from epoch 0, i.e. {started}: {why}; check the learning rate, the "
+            "epochs and the validation split, or treat this result as untrained"]
+
+
+def check_probabilities(prob, where: str) -> None:
+    """Non-finite probabilities (NaN weights, NaN inputs) would be scored or argmax-ed as class 0."""
+    if not np.isfinite(prob).all():
+        raise MedTransferError(f"the model gives non-finite probabilities on {where}: its weights or these inputs "
+                               "hold NaN or infinite values; check the inputs, or retrain with a lower learning rate")
 
 
 def evaluate_splits(model: Classifier, budgeted: TaskDataset, n_boot: int, seed: int) -> tuple[dict, pd.DataFrame]:
@@ -72,6 +107,7 @@ def evaluate_splits(model: Classifier, budgeted: TaskDataset, n_boot: int, seed:
             metrics[name] = {}
             continue
         prob = predict_proba(model, split.x, budgeted.task)
+        check_probabilities(prob, f"the {name} split of {budgeted.name}")
         metrics[name] = compute_metrics(split.y.numpy(), prob, budgeted.task, n_boot=n_boot, seed=seed)
         frames.append(predictions_frame(name, split.y.numpy(), prob, budgeted.classes))
     return metrics, pd.concat(frames, ignore_index=True)

@@ -3,7 +3,6 @@ metrics.json, predictions.csv and log.txt, staged beside `out` and swapped in on
 
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..data import TaskDataset
 from ..errors import MedTransferError
 from ..models.backbones import Classifier
 from ..models.checkpoint import save_checkpoint
-from ..runs import check_writable, commit_dir, default_run_dir, staging_dir, write_json
+from ..runs import check_writable, commit_dir, default_run_dir, dumps, staging_dir, write_json
 from .request import Output
 
 SELF_SUPERVISED_TASK = "self-supervised"  # model.json "task" of an SSL source: no classes, a placeholder head
@@ -30,6 +29,9 @@ class RunResult:
     config: dict
     out: Path | None = None
     dataset: TaskDataset | None = field(default=None, repr=False)
+    # What the user must know about this result (e.g. it kept its untrained weights); also in
+    # metrics.json ("warnings") and log.txt. Empty when all went as planned.
+    warnings: list[str] = field(default_factory=list)
 
 
 def versions() -> dict:
@@ -53,15 +55,23 @@ def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[
     provenance = {k: result.config[k] for k in ("data", "strategy", "source", "source_description", "budget",
                                                 "n_train_labels", "seed", "versions")}
     provenance["test_metrics"] = {k: v["value"] for k, v in result.metrics["test"].items()}
-    save_checkpoint(stage, result.model, dataset.task, dataset.classes, encoder, provenance, weights)
+    data_shape = list(dataset.input_shape) if dataset.modality != "tabular" else None
+    save_checkpoint(stage, result.model, dataset.task, dataset.classes, encoder, provenance, weights,
+                    data_shape=data_shape)
     write_json(stage / "config.json", result.config)
-    write_json(stage / "metrics.json", result.metrics)
+    write_json(stage / "metrics.json", with_warnings(result.metrics, result.warnings))
     result.predictions.to_csv(stage / "predictions.csv", index=False)
     lines = [f"medtransfer {__version__} run: {result.config['strategy']} on {result.config['data']}",
-             *(json.dumps(h) for h in history),
-             "test: " + ", ".join(f"{k}={v['value']:.4f}" for k, v in result.metrics["test"].items())]
+             *(dumps(h) for h in history),
+             "test: " + ", ".join(f"{k}={v['value']:.4f}" for k, v in result.metrics["test"].items()),
+             *(f"warning: {w}" for w in result.warnings)]
     (stage / "log.txt").write_text("\n".join(lines) + "\n")
     commit_dir(stage, out)
+
+
+def with_warnings(metrics: dict, warnings: list[str]) -> dict:
+    """metrics.json's content: the metrics, plus "warnings" when there are any."""
+    return dict(metrics, warnings=list(warnings)) if warnings else metrics
 
 
 def write_pretrain_run(result: RunResult, out: Path, history: list[dict]) -> None:
@@ -75,9 +85,9 @@ def write_pretrain_run(result: RunResult, out: Path, history: list[dict]) -> Non
                   "views": config["views"], "monitor": result.metrics["monitor"], "versions": config["versions"]}
     save_checkpoint(stage, result.model, SELF_SUPERVISED_TASK, [], None, provenance)
     write_json(stage / "config.json", config)
-    write_json(stage / "metrics.json", result.metrics)
+    write_json(stage / "metrics.json", with_warnings(result.metrics, result.warnings))
     lines = [f"medtransfer {__version__} run: {config['method']} pretraining on {', '.join(config['data'])}",
-             *(json.dumps(h) for h in history)]
+             *(dumps(h) for h in history), *(f"warning: {w}" for w in result.warnings)]
     (stage / "log.txt").write_text("\n".join(lines) + "\n")
     commit_dir(stage, out)
 

@@ -6,16 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
-from ..data import TaskDataset, is_dataset_spec
+from ..data import TaskDataset, dataset_fingerprint, is_dataset_spec
 from ..data.tabular import TabularEncoder
-from ..models.backbones import describe
+from ..models.backbones import default_spec, describe
 from ..models.checkpoint import load_checkpoint, read_meta
 from ..models.sources import Source, load_source_model, run_folder
+from ..runs import check_writable
 from ..strategies import Strategy
-from .request import Output, TrainOptions, TransferRequest
+from ..training.loop import resolve_accelerator
+from .request import DataOptions, Output, TrainOptions, TransferRequest
 from .run import run_transfer  # a source dataset is pretrained by the same pipeline
 
 
@@ -46,7 +49,7 @@ def resolve_source(request: TransferRequest, strategy: Strategy, target: TaskDat
         return None
     if source_data is None:
         return load_source_model(request.source, target.modality, target.in_channels, request.backbone,
-                                 request.image_size)
+                                 request.image_size, len(target.info.get("features") or []))
     if not strategy.needs_source_model:
         return None
     folder = pretrained_source(request, source_data)
@@ -54,22 +57,50 @@ def resolve_source(request: TransferRequest, strategy: Strategy, target: TaskDat
     return Source(model, f"pretrained on {request.source} ({folder})", meta["classes"], meta.get("encoder"))
 
 
+def source_cache_key(request: TransferRequest, source_data: TaskDataset) -> str:
+    """What the pretrained source model depends on, resolved: the dataset's *content* (its fingerprint:
+    a file's bytes, a folder's file list with sizes and mtimes, ..., never only its name), the
+    architecture, the input spec (image size, tabular features), every training setting, the label and
+    group columns, the seed, the device kind and the package version. Defaults are resolved first, so
+    `--backbone resnet18` and no --backbone (the 2D default) are one entry, not two pretrainings."""
+    modality, features = source_data.modality, source_data.info.get("features")
+    architecture = describe(request.backbone, modality, source_data.in_channels, len(features or []))
+    spec = default_spec(modality, source_data.in_channels, features, request.image_size)
+    train = asdict(TrainOptions(epochs=request.source_epochs).config(modality, 0, request.accelerator))
+    train.pop("progress")
+    train["accelerator"] = resolve_accelerator(request.accelerator)
+    loading = source_loading(request)
+    key = {"data": request.source, "content": dataset_fingerprint(source_data), "version": __version__,
+           "architecture": architecture, "input": spec.to_dict(), "train": train, "seed": 0,
+           "target": loading.target, "group": loading.group, "task": source_data.task,
+           "classes": source_data.classes}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def source_loading(request: TransferRequest) -> DataOptions:
+    """The loading options as the source dataset uses them: a label or group column that only the target
+    reads (a csv: target beside a heart: source) is not the source's, and does not split its cache."""
+    return request.loading.used_by(request.source)
+
+
 def pretrained_source(request: TransferRequest, source_data: TaskDataset) -> Path:
-    """Pretrain on the source dataset once per (dataset, architecture, settings); later calls reuse it.
-    The resolved architecture is part of the key, so a changed model definition is never served stale."""
-    architecture = describe(request.backbone, source_data.modality, source_data.in_channels,
-                            len(source_data.info.get("features") or []))
-    loading = request.loading
-    key = json.dumps({"data": request.source, "backbone": request.backbone, "seed": 0, "version": __version__,
-                      "architecture": architecture, "image_size": request.image_size,
-                      "data_root": loading.data_root, "target": loading.target, "group": loading.group,
-                      "accelerator": request.accelerator, "epochs": request.source_epochs},
-                     sort_keys=True, default=str)
-    folder = cache_dir() / "sources" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if not (folder / "model.json").is_file():
-        pretrain = TransferRequest(request.source, "scratch", backbone=request.backbone, image_size=request.image_size,
-                                   loading=loading, training=TrainOptions(epochs=request.source_epochs),
-                                   output=Output(folder, overwrite=True), accelerator=request.accelerator,
-                                   progress=request.progress)
-        run_transfer(pretrain, source_data, out=folder)
+    """Pretrain on the source dataset once per (content, architecture, settings); later calls reuse it
+    (see `source_cache_key`). The cache folder is checked writable before the pretraining starts."""
+    folder = cache_dir() / "sources" / source_cache_key(request, source_data)
+    if (folder / "model.json").is_file():
+        return folder
+    check_writable(folder, overwrite=True)
+    from filelock import FileLock  # a dependency of torch; an OS lock, released when a killed process ends
+
+    # Two processes (grids, parallel cells) asking for the same source: one pretrains, the other waits
+    # and reuses it, instead of both staging into the same folder.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "model.json").is_file():
+            pretrain = TransferRequest(request.source, "scratch", backbone=request.backbone,
+                                       image_size=request.image_size, loading=source_loading(request),
+                                       training=TrainOptions(epochs=request.source_epochs),
+                                       output=Output(folder, overwrite=True), accelerator=request.accelerator,
+                                       progress=request.progress)
+            run_transfer(pretrain, source_data, out=folder)
     return folder

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ..data import parse_budget
+from ..data import parse_budget, require_classes
 from ..errors import MedTransferError
 from ..strategies import STRATEGIES, Strategy, get_strategy
 from .request import TransferRequest
@@ -22,8 +22,11 @@ def transfer(request: TransferRequest) -> RunResult:
     out = output_dir(request.output, request.data, request.strategy,
                      "all" if request.budget is None else request.budget, f"s{request.seed}")
     source_data = load_source_data(request)
+    if source_data is not None:
+        require_classes(source_data, request.source)
     target = request.loading.load(request.data, encoder=source_encoder(request.source, source_data),
                                   split_seed=request.split_seed)
+    require_classes(target, request.data)
     if request.split_seed and "split_seed" not in target.info:
         raise MedTransferError(f"{request.data} comes with fixed splits, so --split-seed {request.split_seed} cannot "
                                "redraw them; it applies to csv:, heart: and folder: datasets without split folders")

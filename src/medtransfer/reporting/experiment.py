@@ -165,7 +165,8 @@ def _load(exp: Path):
     res["method"] = [_method(st, so) for st, so in zip(res["strategy"], res["source"])]
     preds, failed, keep = {}, [], []
     for _, row in res.iterrows():
-        reason = None
+        error = row.get("error")  # a cell refused before training or failed while running: the runner's reason
+        reason = error if isinstance(error, str) and error else None
         run_dir = row.get("run_dir")
         path = exp / (run_dir if isinstance(run_dir, str) else f"cells/{row['cell_id']}") / "predictions.csv"
         if reason is None and not np.isfinite(float(pd.to_numeric(row.get("test_auc", np.nan), errors="coerce"))):

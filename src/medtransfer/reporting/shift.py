@@ -6,13 +6,13 @@ Figures use `matplotlib.figure.Figure` (Agg on savefig), as the experiment repor
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from ..evaluation.shift import ShiftDiagnosis, readings, strength
+from ..runs import write_json
 from .blocks import Block, Bullets, Heading, Paragraph, Plot, Table, to_markdown
 
 SOURCE_COLOUR, TARGET_COLOUR = "tab:blue", "tab:orange"
@@ -29,7 +29,7 @@ def write_shift_report(diag: ShiftDiagnosis, out: Path) -> Path:
             path = out / f"{name}.png"
             fig.savefig(path, dpi=110)
             plots.append(Plot(base64.b64encode(path.read_bytes()).decode("ascii"), name, file=path.name))
-    (out / "shift.json").write_text(json.dumps(diag.to_dict(), indent=2, default=float))
+    write_json(out / "shift.json", diag.to_dict())
     path = out / "shift.md"
     path.write_text(to_markdown(f"Dataset shift: {diag.source} → {diag.target}", shift_blocks(diag, plots)),
                     encoding="utf-8")

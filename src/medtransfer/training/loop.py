@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.base import Split
+from ..errors import MedTransferError
 from ..evaluation import selection_score  # noqa: F401 (re-exported: strategies and ssl import it from here)
 from ..models.inference import predict_proba
 from ..progress import Progress, as_progress
@@ -53,13 +54,23 @@ class FitResult:
     epochs_run: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    diverged_epoch: int | None = None  # training stopped here: the loss was not finite (best earlier epoch kept)
+
+
+ACCELERATORS = ("cpu", "cuda", "mps")  # besides "auto"
+
+
+def resolve_accelerator(accelerator: str = "auto") -> str:
+    """The device "auto" means on this machine (what a result depends on: bf16 on CUDA, fp32 elsewhere)."""
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    return accelerator
 
 
 def make_fabric(accelerator: str = "auto"):
     from lightning_fabric import Fabric
 
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    accelerator = resolve_accelerator(accelerator)
     precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
     return Fabric(accelerator=accelerator, devices=1, precision=precision)
 
@@ -103,6 +114,10 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     keep_initial=False logs the score before the first step but never returns the untrained weights.
     progress: where the epochs are reported (default: a bar when config.progress, else nothing).
     """
+    if len(train) == 0:
+        raise MedTransferError("no labelled training examples to train on: raise the label budget")
+    if config.batch_size < 1:  # the pipeline refuses it up front (TrainOptions); this guards direct callers
+        raise MedTransferError(f"batch size must be at least 1, got {config.batch_size} (--batch-size)")
     torch.manual_seed(config.seed)
     fabric = make_fabric(config.accelerator)
     optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -123,6 +138,7 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
         return selection_score(val.y.numpy(), predict_proba(model, val.x, task, config.eval_batch_size, device), task)
 
     start = time.perf_counter()
+    diverged = None  # the epoch whose loss was not finite, when training diverged
     best_score, best_epoch = validate(), 0
     history = [{"epoch": 0, "val_score": best_score}]
     best_state = copy.deepcopy(model.state_dict()) if keep_initial else None
@@ -150,8 +166,12 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
                 if after_step is not None:
                     after_step(model)
                 total_loss += loss.detach()
-            score = validate()
             mean_loss = float(total_loss) / steps_per_epoch
+            if not math.isfinite(mean_loss):  # diverged: these weights are never selected
+                history.append({"epoch": epoch, "train_loss": mean_loss, "val_score": None})
+                diverged = epoch
+                break
+            score = validate()
             history.append({"epoch": epoch, "train_loss": mean_loss, "val_score": score})
             if score is None or best_state is None or score > best_score:
                 best_score, best_epoch = score, epoch
@@ -161,10 +181,13 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
                 break
     finally:
         bar.close()
+    if diverged and best_state is None:
+        raise MedTransferError(f"training diverged at epoch {diverged} (the loss is not finite) before any usable "
+                               "epoch; lower the learning rate (--lr)")
     if best_state is not None:  # None only when no epoch ran and the initial weights were not eligible
         model.load_state_dict(best_state)
     best_score = float("nan") if best_score is None else best_score
-    return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history)
+    return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history, diverged)
 
 
 def epoch_text(epoch: int, epochs: int, loss: float, score: float | None, score_name: str = "val AUC") -> str:

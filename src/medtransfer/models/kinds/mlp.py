@@ -54,6 +54,13 @@ class MLPKind(BackboneKind):
         return {"kind": "mlp", "name": name, "in_features": n_features, "hidden": hidden, "dropout": 0.1,
                 "skip": True}
 
+    def channels_from_weights(self, architecture: dict, state: dict) -> dict:
+        """A bare weights file for an unknown table width: the width its first layer was trained on."""
+        first = state.get("block0.0.weight")
+        if not architecture.get("in_features") and first is not None and first.ndim == 2:
+            return dict(architecture, in_features=int(first.shape[1]))
+        return architecture
+
     def build(self, architecture: dict) -> tuple[nn.Module, int]:
         backbone = MLP(architecture["in_features"], architecture["hidden"], architecture["dropout"],
                        architecture.get("skip", False))

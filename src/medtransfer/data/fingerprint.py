@@ -1,0 +1,67 @@
+"""What identifies a dataset's content: a short digest a loader puts in `TaskDataset.info["fingerprint"]`.
+
+Why: a pretrained source is cached, and a cache keyed by a dataset's *name* serves a stale model when
+another file of the same name, or the same file edited, is asked for. Each scheme knows what its
+content is (a CSV's bytes, an image folder's file list with sizes and modification times, a MedMNIST
+file's name, size and modification time) and the options that shape its tensors, so each loader
+states it with `digest(...)`. A scheme that states nothing still gets a correct fingerprint: the
+digest of its loaded tensors (`dataset_fingerprint`), slower but never stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import TaskDataset
+
+CHUNK = 1 << 20
+
+
+def digest(*parts) -> str:
+    """A short stable digest of JSON-able parts (paths and other objects as their text)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes: what a small file (a CSV) holds, wherever it lives."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def stat_digest(path: str | Path) -> list:
+    """[name, size, mtime in ns]: a large file (a MedMNIST .npz) identified without reading it."""
+    st = os.stat(path)
+    return [Path(path).name, st.st_size, st.st_mtime_ns]
+
+
+def files_digest(files: list[Path], root: Path) -> str:
+    """The file list of a folder, each file's relative path, size and mtime: any image added, removed,
+    renamed, moved to another class or rewritten changes it."""
+    sha = hashlib.sha256()
+    for file in files:
+        st = os.stat(file)
+        sha.update(f"{Path(file).relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return sha.hexdigest()
+
+
+def dataset_fingerprint(dataset: TaskDataset) -> str:
+    """The loader's fingerprint, else a digest of the loaded tensors, labels, classes and task."""
+    found = dataset.info.get("fingerprint")
+    if found:
+        return str(found)
+    sha = hashlib.sha256(json.dumps([dataset.modality, dataset.task, dataset.classes]).encode())
+    for split in (dataset.train, dataset.val, dataset.test):
+        for tensor in (split.x, split.y):
+            array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+            sha.update(f"{array.dtype}{array.shape}".encode())
+            sha.update(array.tobytes())
+    return sha.hexdigest()[:32]
