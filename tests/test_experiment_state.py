@@ -24,6 +24,7 @@ from medtransfer.experiment.store import forget_engine
 from medtransfer.pipeline import TransferRequest
 from medtransfer.pipeline.preflight import preflight
 from medtransfer.strategies import STRATEGIES, Strategy, register
+from test_experiment import TINY, write  # the tiny heart grid the experiment tests share
 
 ONE = """\
 name: one
@@ -33,24 +34,6 @@ budgets: [20]
 seeds: 1
 n_boot: 50
 """
-
-TINY = """\
-name: tiny
-targets: [heart:hungary]
-sources: [heart:cleveland]
-strategies: [target-only, full]
-budgets: [10, 20]
-seeds: 2
-train: {epochs: 3}
-n_boot: 50
-"""
-
-
-def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
 
 def checksums(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
