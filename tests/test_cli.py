@@ -117,8 +117,11 @@ def test_ctrl_c_prints_one_line_and_exits_130(args, children, tmp_path):
     import signal
 
     (tmp_path / "grid.yaml").write_text(LONG_GRID)
+    # As a terminal starts a foreground command: Ctrl-C not ignored (a shell's background job, e.g. CI
+    # started with `&`, passes SIGINT on as ignored, and then nothing could interrupt the command).
     process = subprocess.Popen([sys.executable, "-m", "medtransfer.cli", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                env={**os.environ, "COLUMNS": "200"})
     try:
         started(process, children)
