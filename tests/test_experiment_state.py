@@ -136,19 +136,26 @@ def test_a_second_process_is_told_who_holds_the_folder(tmp_path):
 
 
 def test_two_processes_on_one_folder_one_runs_and_the_store_stays_usable(tmp_path):
-    config = write(tmp_path, TINY.replace("seeds: 2", "seeds: 3").replace("epochs: 3", "epochs: 20"))
+    config = write(tmp_path, TINY.replace("seeds: 2", "seeds: 3").replace("epochs: 3", "epochs: 20")
+                   .replace("budgets: [10, 20]", "budgets: [10, 20, 40]"))
     out = tmp_path / "exp"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    both = [subprocess.Popen(cli(config, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for _ in range(2)]
-    results = [(p.wait(timeout=600), *p.communicate()) for p in both]
+    # The second process starts once the first holds the folder (its lock file names it): started at the
+    # same instant, a first run with a warm source cache could finish before the second reached the lock.
+    first = subprocess.Popen(cli(config, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "experiment.lock.json").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.Popen(cli(config, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    outputs = [p.communicate(timeout=600) for p in (first, second)]
+    results = [(p.returncode, stdout, stderr) for p, (stdout, stderr) in zip((first, second), outputs)]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], results
     refused = next(err for code, _, err in results if code == 2)
     assert refused.strip().count("\n") == 0 and "in use by another medtransfer experiment (pid " in refused
     assert "Traceback" not in refused
     table = pd.read_csv(out / "results.csv")
-    assert len(table) == 12
+    assert len(table) == 18
     assert_one_finished_run_per_cell(out, "tiny")
 
     third = subprocess.run(cli(config, out), capture_output=True, text=True, timeout=600, env=env)

@@ -20,7 +20,7 @@ from ..models.sources import check_compatible, load_source_model
 from ..strategies import STRATEGIES
 from .request import TransferRequest
 from .source import load_source_data, source_encoder
-from .transfer import check_budget
+from .transfer import check_budget, check_split_seed
 
 
 def preflight(request: TransferRequest, cache: dict | None = None) -> str | None:
@@ -71,9 +71,7 @@ def load_target(request: TransferRequest, source_data: TaskDataset | None, cache
     key = ("target", request.data, request.loading, request.split_seed, request.source if encoder else None)
     target = cached(cache, key, lambda: request.loading.load(request.data, encoder=encoder,
                                                              split_seed=request.split_seed))
-    if request.split_seed and "split_seed" not in target.info:
-        raise MedTransferError(f"{request.data} comes with fixed splits, so split seed {request.split_seed} cannot "
-                               "redraw them; it applies to csv:, heart: and folder: datasets without split folders")
+    check_split_seed(request, target)
     return target
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ..data import parse_budget, require_classes
+from ..data import TaskDataset, parse_budget, require_classes
 from ..errors import MedTransferError
 from ..strategies import STRATEGIES, Strategy, get_strategy
 from .request import TransferRequest
@@ -27,11 +27,16 @@ def transfer(request: TransferRequest) -> RunResult:
     target = request.loading.load(request.data, encoder=source_encoder(request.source, source_data),
                                   split_seed=request.split_seed)
     require_classes(target, request.data)
+    check_split_seed(request, target)
+    source = resolve_source(request, strategy, target, source_data)
+    return run_transfer(request, target, out, strategy, source, source_data, started)
+
+
+def check_split_seed(request: TransferRequest, target: TaskDataset) -> None:
+    """A split seed only redraws splits that medtransfer draws itself (the loader records its seed)."""
     if request.split_seed and "split_seed" not in target.info:
         raise MedTransferError(f"{request.data} comes with fixed splits, so --split-seed {request.split_seed} cannot "
                                "redraw them; it applies to csv:, heart: and folder: datasets without split folders")
-    source = resolve_source(request, strategy, target, source_data)
-    return run_transfer(request, target, out, strategy, source, source_data, started)
 
 
 def check_budget(strategy: Strategy, budget) -> None:
