@@ -8,13 +8,15 @@ list of kinds exists anywhere else.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from torch import nn
 
 from ...errors import MedTransferError
 from ...registry import Registry
 
 
-class BackboneKind:
+class BackboneKind(ABC):
     """One backbone family. Subclass, set `name` and `modality`, register with `@register_kind`."""
 
     name: str = ""  # the architecture's "kind"
@@ -29,13 +31,13 @@ class BackboneKind:
         """The error when data of this kind's modality get a name no kind of the modality takes."""
         return f"backbone {name!r} does not take {self.modality} inputs; use a {self.name} backbone"
 
+    @abstractmethod
     def describe(self, name: str, channels: int, n_features: int) -> dict:
         """CLI name -> architecture metadata (must hold "kind": self.name)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build(self, architecture: dict) -> tuple[nn.Module, int]:
         """Architecture metadata -> (randomly initialised backbone returning features, feature width)."""
-        raise NotImplementedError
 
     def stages(self, backbone: nn.Module) -> list[str]:
         """Backbone module names from input to output (for freezing the first stages)."""
