@@ -22,7 +22,7 @@ def heart_run(tmp_path_factory):
 def test_transfer_writes_a_complete_run_and_beats_chance(heart_run):
     out = heart_run.out
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "log.txt", "metrics.json", "model.json",
-                                                     "model.safetensors", "predictions.csv"]
+                                                     "model.safetensors", "model_card.md", "predictions.csv"]
     metrics = json.loads((out / "metrics.json").read_text())
     auc = metrics["test"]["auc"]
     assert auc["value"] > 0.75 and auc["ci"][0] < auc["value"] < auc["ci"][1]

@@ -39,7 +39,7 @@ BAD_OPTIONS = [  # (id, call, what the one line must say); each fails before any
     ("budget-over-100-percent", lambda: mt.transfer("heart:hungary", budget="150%"), "bad budget '150%'"),
     ("budget-negative", lambda: mt.transfer("heart:hungary", budget=-3), "bad budget"),
     ("evaluate-split", lambda: mt.evaluate("no-such-run", split="holdout"),
-     "split must be one of train, val, test, got 'holdout'"),
+     "split must be one of train, val, test, all, got 'holdout'"),
     ("evaluate-n-boot", lambda: mt.evaluate("no-such-run", n_boot=-5), "n_boot must be"),
     ("pretrain-epochs", lambda: mt.pretrain("heart:cleveland", epochs=0), "epochs must be"),
     ("pretrain-seed", lambda: mt.pretrain("heart:cleveland", seed="x"), "seed must be an integer"),

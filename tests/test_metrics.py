@@ -55,7 +55,8 @@ def test_binary_point_values_match_sklearn():
     v = values(compute_metrics(y, p, "binary", n_boot=0))
     pred = (p[:, 1] >= 0.5).astype(int)
     tn, fp, fn, tp = confusion_matrix(y, pred).ravel()
-    assert set(v) == {"acc", "balanced_acc", "auc", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece"}
+    assert set(v) == {"acc", "balanced_acc", "auc", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece",
+                      "log_loss", "prevalence", "cal_slope", "cal_intercept"}
     assert v["acc"] == pytest.approx(accuracy_score(y, pred))
     assert v["balanced_acc"] == pytest.approx(balanced_accuracy_score(y, pred))
     assert v["auc"] == pytest.approx(roc_auc_score(y, p[:, 1]))
@@ -74,7 +75,9 @@ def test_multiclass_point_values_match_sklearn():
     pred = p.argmax(axis=1)
     cm = confusion_matrix(y, pred)
     tn = cm.sum() - cm.sum(0) - cm.sum(1) + np.diag(cm)
-    assert set(v) == {"acc", "balanced_acc", "auc", "f1", "brier", "ece", "sensitivity", "specificity"}
+    per_class = {f"{m}[{k}]" for m in ("sensitivity", "specificity", "ppv", "npv") for k in range(4)}
+    assert set(v) == {"acc", "balanced_acc", "auc", "f1", "brier", "ece", "sensitivity", "specificity",
+                      "log_loss"} | per_class
     assert v["acc"] == pytest.approx(accuracy_score(y, pred))
     assert v["balanced_acc"] == pytest.approx(balanced_accuracy_score(y, pred))
     assert v["sensitivity"] == pytest.approx(recall_score(y, pred, average="macro"))
@@ -90,7 +93,7 @@ def test_multilabel_point_values_match_sklearn():
     y, p = multilabel_data()
     v = values(compute_metrics(y, p, "multilabel", n_boot=0))
     pred = (p >= 0.5).astype(int)
-    assert set(v) == {"auc", "acc", "f1", "brier", "auc_0", "auc_1", "auc_2"}
+    assert set(v) == {"auc", "acc", "f1", "brier", "log_loss", "auc_0", "auc_1", "auc_2"}
     per_label = [roc_auc_score(y[:, k], p[:, k]) for k in range(3)]
     assert v["auc"] == pytest.approx(roc_auc_score(y, p, average="macro"))
     assert [v[f"auc_{k}"] for k in range(3)] == pytest.approx(per_label)
@@ -285,3 +288,124 @@ def test_a_metric_registered_from_a_test_module_gets_a_bootstrap_ci():
     finally:
         METRICS.pop("positive_rate_test_only")
     assert "positive_rate_test_only" not in compute_metrics(y, p, "binary", n_boot=0)
+
+
+# ----------------------------------------------------------------------------- positive class, weights, calibration
+
+
+def test_positive_zero_reports_the_other_class():
+    y, p = binary_data()
+    flipped = values(compute_metrics(y, p, "binary", n_boot=0, threshold=0.4, positive=0))
+    pred0 = p[:, 0] >= 0.4  # class 0 decided when its own probability reaches the threshold
+    assert flipped["sensitivity"] == pytest.approx(recall_score(y == 0, pred0))
+    assert flipped["specificity"] == pytest.approx(recall_score(y == 1, ~pred0))
+    assert flipped["ppv"] == pytest.approx(precision_score(y == 0, pred0))
+    assert flipped["prevalence"] == pytest.approx(np.mean(y == 0))
+    assert flipped["auc"] == pytest.approx(roc_auc_score(y == 0, p[:, 0]))
+    usual = values(compute_metrics(y, p, "binary", n_boot=0, threshold=0.6))  # 0.6 on p1 = 0.4 on p0 (no ties)
+    assert flipped["sensitivity"] == pytest.approx(usual["specificity"])
+    assert flipped["npv"] == pytest.approx(usual["ppv"])
+    assert values(compute_metrics(y, p, "binary", n_boot=0, positive=None, threshold=None)) == values(
+        compute_metrics(y, p, "binary", n_boot=0))  # an operating point of another task carries None
+
+
+def test_class_weights_move_the_multiclass_decision():
+    y, p = multiclass_data(c=3)
+    weights = np.array([0.2, 1.0, 3.0])
+    pred = (p * weights).argmax(axis=1)
+    assert (pred != p.argmax(axis=1)).any()
+    v = values(compute_metrics(y, p, "multiclass", n_boot=0, class_weights=weights))
+    assert v["acc"] == pytest.approx(accuracy_score(y, pred))
+    assert v["balanced_acc"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert v["f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert v["sensitivity[2]"] == pytest.approx(recall_score(y == 2, pred == 2))
+    plain = values(compute_metrics(y, p, "multiclass", n_boot=0))
+    assert v["auc"] == plain["auc"] and v["log_loss"] == plain["log_loss"]  # scores, not decisions
+    assert v["acc"] != plain["acc"]
+    assert values(compute_metrics(y, p, "multiclass", n_boot=0, class_weights=[1, 1, 1])) == plain
+
+
+def test_per_class_one_vs_rest_rates_are_named_after_the_classes():
+    y, p = multiclass_data(c=3)
+    classes = ["normal", "benign", "malignant"]
+    res = compute_metrics(y, p, "multiclass", n_boot=50, classes=classes)
+    pred = p.argmax(axis=1)
+    for k, name in enumerate(classes):
+        truth, decided = y == k, pred == k
+        assert res[f"sensitivity[{name}]"]["value"] == pytest.approx(recall_score(truth, decided))
+        assert res[f"specificity[{name}]"]["value"] == pytest.approx(recall_score(~truth, ~decided))
+        assert res[f"ppv[{name}]"]["value"] == pytest.approx(precision_score(truth, decided))
+        assert res[f"npv[{name}]"]["value"] == pytest.approx(precision_score(~truth, ~decided))
+        lo, hi = res[f"sensitivity[{name}]"]["ci"]
+        assert lo <= res[f"sensitivity[{name}]"]["value"] <= hi
+    assert "sensitivity[0]" in compute_metrics(y, p, "multiclass", n_boot=0)  # index as text without names
+
+
+def test_log_loss_matches_sklearn():
+    from sklearn.metrics import log_loss
+
+    y, p = binary_data()
+    p = np.clip(p, 1e-3, 1 - 1e-3)  # away from the clip, where conventions differ
+    assert compute_metrics(y, p, "binary", n_boot=0)["log_loss"]["value"] == pytest.approx(log_loss(y, p[:, 1]))
+    y, p = multiclass_data()
+    assert compute_metrics(y, p, "multiclass", n_boot=0)["log_loss"]["value"] == pytest.approx(log_loss(y, p))
+    y, p = multilabel_data()
+    p = np.clip(p, 1e-3, 1 - 1e-3)
+    want = np.mean([log_loss(y[:, k], p[:, k]) for k in range(3)])
+    assert compute_metrics(y, p, "multilabel", n_boot=0)["log_loss"]["value"] == pytest.approx(want)
+    # a confident mistake costs -log(1e-7), not infinity
+    v = compute_metrics([1, 0], [[1.0, 0.0], [1.0, 0.0]], "binary", n_boot=0)["log_loss"]["value"]
+    assert v == pytest.approx(-np.log(1e-7) / 2, rel=1e-6)
+
+
+def simulated(n, stretch, shift=0.0, seed=0):
+    """Labels drawn from sigmoid(z); the model reports sigmoid(stretch * z + shift)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    q = 1 / (1 + np.exp(-(stretch * z + shift)))
+    return y, np.stack([1 - q, q], axis=1)
+
+
+def test_calibration_slope_and_intercept():
+    from sklearn.linear_model import LogisticRegression
+
+    y, p = simulated(4000, 1.0)
+    res = compute_metrics(y, p, "binary", n_boot=200)
+    assert res["cal_slope"]["value"] == pytest.approx(1, abs=0.1)
+    assert res["cal_intercept"]["value"] == pytest.approx(0, abs=0.1)
+    assert res["cal_slope"]["ci"][0] < 1 < res["cal_slope"]["ci"][1]
+    y, p = simulated(4000, 2.5)  # overconfident: predictions too extreme
+    v = values(compute_metrics(y, p, "binary", n_boot=0))
+    assert v["cal_slope"] < 0.6
+    z = np.log(p[:, 1] / p[:, 0])
+    assert v["cal_slope"] == pytest.approx(LogisticRegression(C=1e12, tol=1e-10).fit(z[:, None], y).coef_[0, 0],
+                                           rel=1e-4)
+    y, p = simulated(4000, 1.0, shift=-1.0)  # risks too low: positive calibration-in-the-large
+    v = values(compute_metrics(y, p, "binary", n_boot=0))
+    z = np.log(p[:, 1] / p[:, 0])
+    assert v["cal_intercept"] > 0.5
+    assert np.mean(1 / (1 + np.exp(-(v["cal_intercept"] + z)))) == pytest.approx(np.mean(y))  # its score equation
+
+
+def test_calibration_slope_undefined_for_one_class_or_separated_classes():
+    q = np.linspace(0.1, 0.9, 20)
+    p = np.stack([1 - q, q], axis=1)
+    one_class = values(compute_metrics(np.ones(20, dtype=int), p, "binary", n_boot=0))
+    assert math.isnan(one_class["cal_slope"]) and math.isnan(one_class["cal_intercept"])
+    separated = compute_metrics((q > 0.5).astype(int), p, "binary", n_boot=100)
+    assert math.isnan(separated["cal_slope"]["value"]) and math.isnan(separated["cal_slope"]["ci"][0])
+    assert math.isfinite(separated["cal_intercept"]["value"])  # an intercept alone always fits both classes
+
+
+@pytest.mark.parametrize("kwargs, task, message", [
+    ({"positive": 2}, "binary", "positive must be the index 0 or 1"),
+    ({"class_weights": [1, 2]}, "binary", "class_weights weight the multiclass argmax"),
+    ({"class_weights": [1, 2]}, "multiclass", "class_weights must be 4"),
+    ({"class_weights": [1, np.nan, 1, 1]}, "multiclass", "finite"),
+    ({"classes": ["a", "b"]}, "multiclass", "2 class names for 4"),
+])
+def test_bad_decision_options_raise(kwargs, task, message):
+    y, p = binary_data(n=20) if task == "binary" else multiclass_data(n=20)
+    with pytest.raises(ValueError, match=message):
+        compute_metrics(y, p, task, n_boot=0, **kwargs)

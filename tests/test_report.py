@@ -1,4 +1,5 @@
-"""The experiment report: paired AUC difference, self-contained HTML/markdown, plots that decode in a browser."""
+"""The experiment report: paired AUC difference, self-contained HTML/markdown, plots that decode in a browser.
+(How the reported method is chosen, on validation only, is tested in test_report_selection.py.)"""
 
 import json
 import re
@@ -21,7 +22,9 @@ def _probs(y, signal, rng, classes):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _write_cell(exp, row, y, p, classes, rng):
+def _write_cell(exp, row, y, p, classes, rng, predicted=None):
+    """A cell folder with predictions.csv (val and test rows); ``predicted``: the test decisions (class
+    names) as a run at its operating point writes them, or None for a folder from before they were saved."""
     run_dir = exp / "cells" / row["cell_id"]
     run_dir.mkdir(parents=True)
     frames = []
@@ -31,6 +34,8 @@ def _write_cell(exp, row, y, p, classes, rng):
         f.insert(0, "label", ys)
         f.insert(0, "index", np.arange(len(ps)))
         f.insert(0, "split", split)
+        if predicted is not None:
+            f["predicted"] = list(predicted) if split == "test" else [classes[k] for k in ps.argmax(1)]
         frames.append(f)
     pd.concat(frames).to_csv(run_dir / "predictions.csv", index=False)
     row["run_dir"] = f"cells/{row['cell_id']}"
@@ -123,7 +128,7 @@ def test_markdown_names_best_method_and_paired_difference(report):
     exp, _, md_path = report
     md = md_path.read_text()
     assert "full ← cleveland" in md and "source-only ← cleveland" in md
-    assert "Budget 10: best transfer method full ← cleveland" in md
+    assert "Budget 10: validation-chosen method full ← cleveland (validation AUC" in md
     # the reported difference is the paired difference of seed-mean AUCs on the same test samples
     preds = {c: pd.read_csv(exp / "cells" / c / "predictions.csv").query("split == 'test'")
              for c in ("hungary_full_10_s0", "hungary_full_10_s1", "hungary_scratch_10_s0", "hungary_scratch_10_s1")}
@@ -135,8 +140,10 @@ def test_markdown_names_best_method_and_paired_difference(report):
     assert f"Against scratch: ΔAUC {d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" in md
     assert "significant (the 95% CI excludes zero; full ← cleveland is better)" in md
     assert "Against source-only ← cleveland" in md
-    # second target: single seed, no scratch -> said plainly; the failed cell is listed
-    assert "No scratch cell at this budget, so no comparison against scratch." in md
+    assert "No target-only or source-model cell at this budget, so no comparison against those baselines." in md
+    # second target: single seed, no baseline at all -> said plainly; the failed cell is listed
+    assert ("No scratch, target-only, source-only or source-model cell at this budget, so no comparison against "
+            "those baselines.") in md
     assert "imagenet:efficientnet_lite0" in md
     assert "hungary_full_10_s2" in md and "no test AUC" in md
 
@@ -160,24 +167,27 @@ def test_plots_decode_in_headless_chromium(report):
 
 
 def test_baselines_and_references_come_from_the_strategy_tags(tmp_path):
-    """source-model is tagged a baseline, so it is never the best method even when it scores highest; the
-    comparison column names the label-free baselines that ran; an unknown strategy counts as a transfer."""
+    """source-model is tagged a baseline, so it is never chosen even when it scores highest on validation;
+    each kind of reference baseline gets its own comparison; an unknown strategy counts as a transfer."""
     rng = np.random.default_rng(3)
     exp = tmp_path / "EXP"
     exp.mkdir()
     y, rows = rng.integers(0, 2, N_TEST), []
-    for strategy, signal in (("source-only", 1.0), ("source-model", 3.0), ("dann", 2.0), ("mystery", 0.5)):
+    for strategy, signal, val in (("source-only", 1.0, 0.7), ("source-model", 3.0, 0.99), ("dann", 2.0, 0.9),
+                                  ("mystery", 0.5, 0.6)):
         p = _probs(y, signal, rng, 2)
         row = dict(cell_id=f"va_{strategy}", target="heart:va", source="heart:cleveland", strategy=strategy,
-                   backbone="mlp", budget="0", n_labels=0, seed=0, task="binary", test_auc=roc_auc_score(y, p[:, 1]))
+                   backbone="mlp", budget="10", n_labels=10, seed=0, task="binary", test_auc=roc_auc_score(y, p[:, 1]),
+                   val_auc=val)
         _write_cell(exp, row, y, p, ["neg", "pos"], rng)
         rows.append(row)
     pd.DataFrame(rows).to_csv(exp / "results.csv", index=False)
     md = write_report(exp, n_boot=50)[1].read_text()
-    assert "Budget 0: best transfer method dann ← cleveland" in md
-    assert "Baselines (source-only, source-model) are excluded" in md
-    assert "Δ vs source-only/source-model [95% CI]" in md and "Against source-only ← cleveland" in md
-    assert "No scratch cell at this budget, so no comparison against scratch." in md
+    assert "Budget 10: validation-chosen method dann ← cleveland" in md
+    assert "Baselines (source-only, source-model) are never chosen" in md
+    assert "Δ vs source-only [95% CI]" in md and "Δ vs source-model [95% CI]" in md
+    assert "Against source-only ← cleveland" in md and "Against source-model ← cleveland" in md
+    assert "No scratch or target-only cell at this budget, so no comparison against those baselines." in md
 
 
 def test_metrics_table_block_formats_like_the_cli():

@@ -18,6 +18,7 @@ from medtransfer.models.backbones import create_model, default_spec, describe
 from medtransfer.strategies import STRATEGIES, Strategy, TransferContext, get_strategy
 from medtransfer.strategies.base import extract_features
 from medtransfer.strategies.partial import Partial, unfreeze_last_stages
+from medtransfer.evaluation.selection import selection_key
 from medtransfer.training.loop import TrainConfig, predict_proba, selection_score
 
 N_FEATURES = 5
@@ -262,16 +263,17 @@ def test_a_new_head_has_the_target_width(target, source_model, source_data):
 
 
 def _sklearn_lr(train_x, train_y, val_x, val_y, task, seed=0):
-    """fit_logistic_head's recipe, done with scikit-learn alone: standardise, choose C on validation."""
+    """fit_logistic_head's recipe, done with scikit-learn alone: standardise, choose C on validation (AUC,
+    ties broken by balanced accuracy, then log-loss: `selection_key`)."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     best = None
     for c in GRID:
         clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((train_x - mean) / std, train_y)
-        score = selection_score(val_y, clf.predict_proba((val_x - mean) / std), task)
-        if best is None or score > best[0]:
-            best = (score, c, clf)
-    score, c, clf = best
-    return (lambda x: clf.predict_proba((x - mean) / std)), c, score
+        key = selection_key(val_y, clf.predict_proba((val_x - mean) / std), task)
+        if best is None or key > best[0]:
+            best = (key, c, clf)
+    key, c, clf = best
+    return (lambda x: clf.predict_proba((x - mean) / std)), c, key[0]
 
 
 def test_linear_probe_matches_sklearn_on_the_features(runs, target, source_model):

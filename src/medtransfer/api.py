@@ -27,7 +27,7 @@ from .progress import as_progress
 PRETRAIN_METHODS = tuple(pipeline.pretrain_methods())
 SSL_OPTIONS = ("temperature", "queue_size", "momentum", "views", "monitor", "limit")
 ACCELERATORS = ("auto", "cpu", "cuda", "mps")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "all")
 INTEGER, NUMBER, TEXT = (Integral,), (Real,), (str,)
 
 # What each option accepts: (types, rule, what it must be, its command-line option). Checked at this door,
@@ -88,7 +88,10 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
              image_size: int | None = None, epochs: int | None = None, lr: float | None = None,
              batch_size: int | None = None, patience: int | None = None, augment: bool | None = None,
              source_epochs: int | None = None, accelerator: str = "auto", n_boot: int = N_BOOT,
-             progress=True, weights: bool = True) -> RunResult:
+             progress=True, weights: bool = True, positive: str | None = None, threshold=None,
+             calibrate: str = "none", class_weight: str | None = None, sampler: str | None = None,
+             id: str | None = None, drop=()) -> RunResult:  # noqa: A002 - `id` is the --id option
+
     """Move a source model (or none, for `scratch`) to the target dataset `data` with `strategy`,
     using at most `budget` labelled target examples; evaluate on the target's test split.
 
@@ -96,16 +99,24 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     (pretrained once per settings, then cached). `split_seed` redraws the target's train/val/test
     split where medtransfer draws it (csv:, heart:, folder: without split folders): repeated hold-out
     for cohorts too small for one fixed test split. `target`/`group`: label and patient columns of a
-    csv: table. `weights=False` saves the run without model.safetensors (grids keep predictions only).
-    `progress`: True (bars), False, or a `medtransfer.progress.Progress`."""
+    csv: table; `id`: its identifier column (kept in predictions, never a feature); `drop`: columns to
+    leave out. `weights=False` saves the run without model.safetensors (grids keep predictions only).
+    `progress`: True (bars), False, or a `medtransfer.progress.Progress`.
+
+    Clinical evaluation: `positive` names the positive class of a binary task (default: the dataset's
+    declared one, else the class opposite one named like a negative finding, else the second class, with
+    a warning); `threshold` the operating point chosen on validation (0.5, a number, "youden", "sens=0.90",
+    "spec=0.95"; multiclass "argmax" or "prior"); `calibrate` none / temperature / platt / isotonic,
+    fitted on validation; `class_weight` and `sampler` ("none" / "balanced") for class imbalance."""
     check_options(seed=seed, split_seed=split_seed, budget=budget, image_size=image_size, epochs=epochs, lr=lr,
                   batch_size=batch_size, patience=patience, source_epochs=source_epochs, accelerator=accelerator,
                   n_boot=n_boot)
     source = str(source) if isinstance(source, Path) else source  # a run folder or weights file as a Path
     return pipeline.transfer(TransferRequest(
         data, strategy, source, budget=budget, seed=seed, split_seed=split_seed, backbone=backbone,
-        image_size=image_size, source_epochs=source_epochs, loading=DataOptions(data_root, target, group),
-        training=TrainOptions(epochs, lr, batch_size, patience, augment),
+        image_size=image_size, source_epochs=source_epochs, positive=positive, threshold=threshold,
+        calibrate=calibrate, loading=DataOptions(data_root, target, group, id, drop),
+        training=TrainOptions(epochs, lr, batch_size, patience, augment, class_weight, sampler),
         output=Output(out, overwrite, save, weights), accelerator=accelerator, n_boot=n_boot,
         progress=as_progress(progress)))
 
@@ -127,7 +138,8 @@ def pretrain(data: str | list[str], *, method: str = "supervised", backbone: str
     ssl_only = [k for k in SSL_OPTIONS if options.pop(k, None) is not None]
     if ssl_only:
         raise MedTransferError(f"{', '.join(ssl_only)} apply to --method simclr or moco, not supervised")
-    train = {k: options.pop(k, None) for k in ("epochs", "lr", "batch_size", "patience", "augment")}
+    train = {k: options.pop(k, None) for k in ("epochs", "lr", "batch_size", "patience", "augment", "class_weight",
+                                               "sampler")}
     loading = {k: options.pop(k, None) for k in ("data_root", "target", "group")}
     output = Output(out, overwrite, options.pop("save", True), options.pop("weights", True))
     request = PretrainRequest(data, method, backbone=backbone, seed=seed, image_size=options.pop("image_size", None),
@@ -163,10 +175,16 @@ def pretrain_self_supervised(data: str | list[str], method: str = "simclr", *, b
 
 
 def evaluate(run: str | Path, data: str | None = None, split: str = "test", data_root=None,
-             n_boot: int = N_BOOT, seed: int = 0) -> dict:
-    """Metrics (with 95% CIs) of a saved run on a split of its own or another dataset."""
+             n_boot: int = N_BOOT, seed: int = 0, predictions: str | Path | None = None) -> dict:
+    """Metrics (with 95% CIs) of a saved run on a split of its own or another dataset, at the run's own
+    operating point and positive class. `split="all"` scores every example (external validation of a
+    whole site). Besides {metric: {"value", "ci"}} the dict holds "operating_point" and "counts".
+    `predictions`: also write the per-example predictions (id, label, probabilities, decision) there."""
     check_options(split=split, n_boot=n_boot, seed=seed)
-    return pipeline.evaluate(run, data, split, data_root, n_boot, seed)
+    metrics, frame = pipeline.evaluate(run, data, split, data_root, n_boot, seed)
+    if predictions is not None:
+        frame.to_csv(predictions, index=False)
+    return metrics
 
 
 def predict(run: str | Path, inputs, data_root=None):

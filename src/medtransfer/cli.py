@@ -6,7 +6,6 @@ traceback. Ctrl-C prints `interrupted` and exits with code 130. `medtransfer --v
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -30,7 +29,8 @@ DATA = typer.Option(..., "--data", "-d", help="dataset: medmnist:<flag>[@size], 
                     "shift:<kind>[:<strength>]:<dataset>")
 DATA_ROOT = typer.Option(None, "--data-root", envvar="MEDTRANSFER_DATA", help="folder with MedMNIST .npz files")
 TARGET = typer.Option(None, "--target", help="label column (csv: datasets)")
-GROUP = typer.Option(None, "--group", help="patient/group column for patient-level splits (csv:)")
+GROUP = typer.Option(None, "--group", help="patient column for patient-level splits (csv:, manifest:), or a DICOM "
+                     "tag such as PatientID (folder:)")
 BACKBONE = typer.Option(None, "--backbone", help="timm name (resnet18, tf_efficientnet_lite0, convnext_atto), "
                         "monai:resnet10 for 3D, mlp / mlp:64,32 / linear for tables")
 SEED = typer.Option(0, "--seed", help="seed for the label budget, initialisation and batches")
@@ -43,6 +43,18 @@ BATCH = typer.Option(None, "--batch-size")
 IMAGE_SIZE = typer.Option(None, "--image-size", help="2D images are resized to this before the backbone "
                           "(default 64; 128 for ImageNet sources)")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps")
+POSITIVE = typer.Option(None, "--positive", help="binary tasks: the positive class (default: the dataset's own, else "
+                        "the class opposite one named normal/healthy/benign/negative/no…, else the second class)")
+THRESHOLD = typer.Option(None, "--threshold", help="operating point, chosen on validation: 0.5 (default), a number, "
+                         "youden, sens=0.90 or spec=0.95; multiclass: argmax (default) or prior")
+CALIBRATE = typer.Option("none", "--calibrate", help="fit on validation: none, temperature, platt or isotonic "
+                         "(platt/isotonic: binary)")
+CLASS_WEIGHT = typer.Option(None, "--class-weight", help="none (default) or balanced: weigh the loss by inverse class "
+                            "frequency (logistic heads too)")
+SAMPLER = typer.Option(None, "--sampler", help="none (default) or balanced: draw training batches with every class "
+                       "equally likely")
+ID = typer.Option(None, "--id", help="identifier column of a csv: table (kept in predictions, never a feature)")
+DROP = typer.Option(None, "--drop", help="a column of a csv: table to leave out (repeatable)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
 
 
@@ -183,10 +195,16 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              image_size: Optional[int] = IMAGE_SIZE, patience: Optional[int] = PATIENCE,
              source_epochs: Optional[int] = typer.Option(None, "--source-epochs", help="epochs when pretraining a source dataset"),
              data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
+             id_column: Optional[str] = ID, drop: Optional[List[str]] = DROP,
+             positive: Optional[str] = POSITIVE, threshold: Optional[str] = THRESHOLD, calibrate: str = CALIBRATE,
+             class_weight: Optional[str] = CLASS_WEIGHT, sampler: Optional[str] = SAMPLER,
              overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
     """Move a source model to a target dataset with a strategy; evaluate on the target's test split.
 
     Example: medtransfer transfer --data heart:hungary --source heart:cleveland --strategy full --budget 20
+
+    Example (an operating point for screening): medtransfer transfer --data heart:hungary --source heart:cleveland
+    --strategy head --budget 20 --threshold sens=0.90 --calibrate platt
 
     Example (no target labels): medtransfer transfer --data shift:gamma:medmnist:pneumoniamnist
     --source medmnist:pneumoniamnist --strategy dann --budget 0
@@ -197,7 +215,9 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                           backbone=backbone, out=out,
                           overwrite=overwrite, data_root=data_root, target=target, group=group, epochs=epochs,
                           lr=lr, batch_size=batch_size, image_size=image_size, patience=patience,
-                          source_epochs=source_epochs, accelerator=device, progress=not quiet)
+                          source_epochs=source_epochs, accelerator=device, progress=not quiet, positive=positive,
+                          threshold=threshold, calibrate=calibrate, class_weight=class_weight, sampler=sampler,
+                          id=id_column, drop=tuple(drop or ()))
     show_result(result)
 
 
@@ -252,21 +272,29 @@ def shift_command(
 @app.command()
 def evaluate(run: Path = typer.Argument(..., help="a run directory"),
              data: Optional[str] = typer.Option(None, "--data", "-d", help="evaluate on another dataset (e.g. another site)"),
-             split: str = typer.Option("test", "--split", help="train, val or test"),
+             split: str = typer.Option("test", "--split", help="train, val, test, or all (every example: "
+                                       "external validation of a whole dataset)"),
              data_root: Optional[Path] = DATA_ROOT,
-             json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics to this file")):
-    """Clinical metrics with 95% bootstrap CIs for a saved run.
+             json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics to this file"),
+             predictions: Optional[Path] = typer.Option(None, "--predictions", help="also write per-example "
+                                                        "predictions (id, label, probabilities, decision) to this CSV")):
+    """Clinical metrics with 95% bootstrap CIs for a saved run, at the run's own operating point.
 
-    Example: medtransfer evaluate runs/heart-hungary_full_20_s0 --data heart:va
+    Example: medtransfer evaluate runs/heart-hungary_full_20_s0 --data heart:va --split all
     """
     from . import api
+    from .runs import dumps
 
+    for path, option in ((json_out, "--json"), (predictions, "--predictions")):
+        if path:
+            check_writable(path, option)
+    metrics = api.evaluate(run, data=data, split=split, data_root=data_root, predictions=predictions)
+    counts = metrics.get("counts", {})
+    n = f", n={counts['n']}" if counts else ""
+    show(metrics_table(metrics, f"{run} on {data or 'its own data'} ({split}{n})"))
+    show_operating_point(metrics.get("operating_point"), counts, split=split)
     if json_out:
-        check_writable(json_out, "--json")
-    metrics = api.evaluate(run, data=data, split=split, data_root=data_root)
-    show(metrics_table(metrics, f"{run} on {data or 'its own data'} ({split})"))
-    if json_out:
-        json_out.write_text(json.dumps(metrics, indent=2))
+        json_out.write_text(dumps(metrics, indent=2))
 
 
 @app.command()
@@ -358,10 +386,40 @@ def show(*blocks) -> None:
 
 
 def show_result(result) -> None:
-    show(metrics_table(result.metrics["test"], f"{result.config['strategy']} on {result.config['data']} "
-                                f"({result.config['n_train_labels']} labelled training examples), test split"))
+    config, metrics = result.config, result.metrics
+    show(metrics_table(metrics["test"], f"{config['strategy']} on {config['data']} "
+                                        f"({config['n_train_labels']} labelled training examples), test split"))
+    show_operating_point(metrics.get("operating_point"), metrics.get("test_counts"), config.get("positive_rule"))
+    calibration = metrics.get("calibration")
+    if calibration and calibration.get("method") != "none":
+        before, after = calibration["val_before"], calibration["val_after"]
+        console.print(f"calibration: {calibration['method']} fitted on validation; validation ECE "
+                      f"{before['ece']:.3f} -> {after['ece']:.3f}, Brier {before['brier']:.3f} -> {after['brier']:.3f}",
+                      highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if result.out:
-        console.print(f"run written to {result.out}")
+        console.print(f"run written to {result.out} (model card: {result.out / 'model_card.md'})")
+
+
+def show_operating_point(point: dict | None, counts: dict | None, why: str | None = None, split: str = "test") -> None:
+    """One line under the metrics: which class is positive and at which threshold they were computed."""
+    if not point:
+        return
+    parts = []
+    if point.get("positive") is not None:
+        parts.append(f"positive class {point['positive']!r}" + (f" ({why})" if why else ""))
+    if point.get("threshold") is not None:
+        how = "chosen on validation" if point.get("chosen_on") == "val" else "fixed"
+        rests = (f", on {point['n_val_positive']} positive and {point['n_val_negative']} negative validation "
+                 "examples") if point.get("chosen_on") == "val" and point.get("n_val_positive") is not None else ""
+        parts.append(f"threshold {point['threshold']:.4g} ({point['rule']}, {how}{rests})")
+    else:
+        parts.append(f"decision rule {point['rule']}")
+    if counts and counts.get("per_class"):
+        parts.append(f"{split} n=" + str(counts["n"]) + " (" + ", ".join(f"{c}: {k}" for c, k in counts["per_class"].items())
+                     + ")")
+    console.print("; ".join(parts), highlight=False)
 
 
 def main() -> None:

@@ -125,13 +125,19 @@ def _metric_nan(entry: dict) -> dict:
     return entry
 
 
-def predictions_frame(split: str, y: np.ndarray, prob: np.ndarray, classes: list[str]) -> pd.DataFrame:
+def predictions_frame(split: str, y: np.ndarray, prob: np.ndarray, classes: list[str], ids: list[str] | None = None,
+                      predicted: list[str] | None = None) -> pd.DataFrame:
+    """One row per example: split, index, id (file path, row id), label(s), one probability per class and
+    the class decided at the run's operating point."""
     frame = pd.DataFrame(prob, columns=[f"prob_{c}" for c in classes])
+    frame.insert(0, "id", list(ids) if ids is not None else [f"{split}/{i}" for i in range(len(prob))])
     frame.insert(0, "index", np.arange(len(prob)))
     frame.insert(0, "split", split)
     if y.ndim == 1:
-        frame.insert(2, "label", y)
+        frame.insert(3, "label", y)
     else:
         for j, c in enumerate(classes):
-            frame.insert(2 + j, f"label_{c}", y[:, j])
+            frame.insert(3 + j, f"label_{c}", y[:, j])
+    if predicted is not None:
+        frame["predicted"] = list(predicted)
     return frame

@@ -1,15 +1,21 @@
 """`folder:<path>` datasets: a directory of 2D images (PNG/JPEG/BMP/TIFF/DICOM), one sub-folder per class.
 
-Three layouts are understood:
+Four layouts are understood:
 
 * class folders: ``path/<class>/*.png`` -- split here into train/val/test, seeded and stratified;
 * split folders: ``path/{train,val,test}/<class>/*.png`` -- the user's split is kept
   (``val`` may be missing: then it is carved from train, seeded and stratified);
+* evaluation only: ``path/test/<class>/*.png`` (and optionally ``val/``), no ``train/`` -- an external
+  site to evaluate a trained model on: an empty train split and ``info["evaluation_only"] = True``;
 * a flat folder of unlabelled images: ``path/*.png`` (no sub-folder holds images) -- one pseudo-class
   ``unlabelled`` and ``info["unlabelled"] = True``, for self-supervised pretraining.
 
-Every image is decoded once, into one float32 tensor (N, C, H, W) in [0, 1].
-Nothing is written into the user's folder.
+With `--group TAG` (a DICOM keyword such as PatientID) every image is a DICOM file whose tag names its
+patient, and no patient's images straddle two splits: a split drawn here is drawn by patient, and a
+user's split that puts one patient in two splits is refused.
+
+Every image is decoded once, into one float32 tensor (N, C, H, W) in [0, 1]; each keeps its path
+relative to the folder as its id. Nothing is written into the user's folder.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ _LAYOUT_HELP = (
 )
 
 
-@register_scheme("folder", help="one sub-folder per class (PNG/JPEG/DICOM), optional train/val/test folders, "
-                                "e.g. folder:./xrays", reads=())  # classes come from the folder names
+@register_scheme("folder", help="one sub-folder per class (PNG/JPEG/DICOM), optional train/val/test folders "
+                                "(test/ alone: evaluation only), --group TAG (a DICOM tag such as PatientID) for "
+                                "patient-level splits, e.g. folder:./xrays",
+                 reads=("group",))  # classes come from the folder names; group is a DICOM tag
 def load_scheme(arg: str, options: LoadOptions) -> TaskDataset:
-    return load_folder(arg, seed=options.split_seed)
+    return load_folder(arg, seed=options.split_seed, group=options.group)
 
 
 def load_folder(
@@ -49,13 +57,15 @@ def load_folder(
     channels: int | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    group: str | None = None,
 ) -> TaskDataset:
     """Load an image folder as a classification TaskDataset.
 
     image_size: resize every image to this square size; None keeps the native size when all
     images share one, else resizes to 224. channels: 1 or 3; None gives 1 when every image is
     grayscale, else 3. test_fraction is only used for class-folder layouts (split folders bring
-    their own test set); val_fraction is used whenever there is no val folder.
+    their own test set); val_fraction is used whenever there is no val folder. group: a DICOM
+    keyword (PatientID) whose value is each image's patient, for patient-level splits.
     """
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
@@ -69,26 +79,38 @@ def load_folder(
             raise MedTransferError(f"folder:{path}: {label}={fraction} must be in [0, 1)")
     if val_fraction + test_fraction >= 1:
         raise MedTransferError(f"folder:{path}: val_fraction + test_fraction must be below 1 to leave a train set")
+    if group:
+        check_dicom_keyword(group, f"folder:{root}")
 
     subdirs = _visible_dirs(root)
     split_dirs = [d for d in subdirs if d.name in SPLIT_NAMES]
     if split_dirs:
         layout = "split-folders"
-        classes, files, labels, split_of = _split_folder_layout(root, subdirs, val_fraction, seed)
+        classes, files, labels, split_of = _split_folder_files(root, subdirs)
     elif (flat := _flat_files(root)) and not any(_image_files(d) for d in subdirs):
         layout = "unlabelled"
-        classes, files, labels = ["unlabelled"], flat, np.zeros(len(flat), dtype=np.int64)
-        split_of = _stratified_split(labels, classes, val_fraction, test_fraction, seed, strict=False, where=root)
+        classes, files, labels, split_of = ["unlabelled"], flat, np.zeros(len(flat), dtype=np.int64), None
     else:
         layout = "class-folders"
-        classes, files, labels, split_of = _class_folder_layout(root, subdirs, val_fraction, test_fraction, seed)
+        classes, files, labels = _class_folder_files(root, subdirs)
+        split_of = None
+    patients = dicom_groups(files, group) if group else None
+    where, source = f"folder:{root}", f"--group {group}"
+    if split_of is None:
+        split_of = draw_split(labels, classes, patients, val_fraction, test_fraction, seed,
+                              strict=layout == "class-folders", where=where, source=source)
+    else:
+        split_of = keep_split(labels, classes, split_of, patients, val_fraction, seed, where=where, source=source)
+    evaluation_only = layout == "split-folders" and not (split_of == "train").any()
 
     x = decode_images(files, image_size, channels)
     y = torch.as_tensor(labels, dtype=torch.int64)
+    ids = [f.relative_to(root).as_posix() for f in files]
     splits = {}
     for name in SPLIT_NAMES:
-        index = torch.as_tensor(np.flatnonzero(split_of == name), dtype=torch.long)
-        splits[name] = Split(x[index], y[index])
+        chosen = np.flatnonzero(split_of == name)
+        index = torch.as_tensor(chosen, dtype=torch.long)
+        splits[name] = Split(x[index], y[index], [ids[i] for i in chosen])
     return TaskDataset(
         name=f"folder:{root.name}",
         modality="image2d",
@@ -97,8 +119,10 @@ def load_folder(
         **splits,
         info={"source": str(root), "layout": layout, "n_files": len(files),
               "fingerprint": digest("folder", files_digest(files, root), layout, classes, seed, image_size, channels,
-                                    val_fraction, test_fraction),
+                                    val_fraction, test_fraction, *((group,) if group else ())),
               **({"unlabelled": True} if layout == "unlabelled" else {}),
+              **({"evaluation_only": True} if evaluation_only else {}),
+              **({"group": group} if group else {}),
               **({"split_seed": seed} if layout != "split-folders" else {})},  # the test split was drawn here
     )
 
@@ -134,18 +158,18 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
     return {d.name: files for d in _visible_dirs(folder) if (files := _image_files(d))}
 
 
-def _class_folder_layout(root, subdirs, val_fraction, test_fraction, seed):
+def _class_folder_files(root, subdirs):
     by_class = {d.name: _image_files(d) for d in subdirs}
     if not any(by_class.values()):
         raise MedTransferError(f"folder:{root}: no images in class folders; {_LAYOUT_HELP}")
     classes = sorted(by_class)
     files = [f for c in classes for f in by_class[c]]
     labels = np.array([i for i, c in enumerate(classes) for _ in by_class[c]], dtype=np.int64)
-    split_of = _stratified_split(labels, classes, val_fraction, test_fraction, seed, strict=True, where=root)
-    return classes, files, labels, split_of
+    return classes, files, labels
 
 
-def _split_folder_layout(root, subdirs, val_fraction, seed):
+def _split_folder_files(root, subdirs):
+    """The user's split. Without train/ (test/ and maybe val/ only) the folder is for evaluation only."""
     others = [d.name for d in subdirs if d.name not in SPLIT_NAMES]
     if others:
         raise MedTransferError(
@@ -153,13 +177,14 @@ def _split_folder_layout(root, subdirs, val_fraction, seed):
             "use only train/, val/, test/ at the top level"
         )
     per_split = {name: _class_files(root / name) if (root / name).is_dir() else None for name in SPLIT_NAMES}
-    for name in ("train", "test"):
+    evaluation_only = per_split["train"] is None
+    for name in ("test",) if evaluation_only else ("train", "test"):
         if not per_split[name]:
             raise MedTransferError(
                 f"folder:{root}: split-folder layout needs images in {name}/<class>/; {_LAYOUT_HELP}"
             )
     classes = sorted(set().union(*(s for s in per_split.values() if s)))
-    missing = [c for c in classes if c not in per_split["train"]]
+    missing = [] if evaluation_only else [c for c in classes if c not in per_split["train"]]
     if missing:
         raise MedTransferError(
             f"folder:{root}: class {', '.join(missing)} has images in val/ or test/ but none in train/; "
@@ -171,17 +196,70 @@ def _split_folder_layout(root, subdirs, val_fraction, seed):
             files += fs
             labels += [classes.index(c)] * len(fs)
             split_of += [name] * len(fs)
-    labels, split_of = np.array(labels, dtype=np.int64), np.array(split_of, dtype=object)
-    if not per_split["val"]:  # missing or empty val/
-        # Carve val from train. Lenient: a class too small to spare a val image stays in train only,
-        # as classes may already be absent from test in this layout.
-        train = np.flatnonzero(split_of == "train")
-        carved = _stratified_split(labels[train], classes, val_fraction, 0.0, seed, strict=False, where=root)
-        split_of[train] = carved
-    return classes, files, labels, split_of
+    return classes, files, np.array(labels, dtype=np.int64), np.array(split_of, dtype=object)
 
 
-def _stratified_split(labels, classes, val_fraction, test_fraction, seed, strict, where):
+FRACTIONS_FIX = "or lower val_fraction/test_fraction"  # what else fixes a split drawn here
+
+
+def keep_split(labels, classes, split_of, patients, val_fraction, seed, where, source,
+               fix=FRACTIONS_FIX) -> np.ndarray:
+    """The user's split (an array of split names), with val carved from train when there is none (none
+    carved without train: evaluation only). With patients (`source` says where they come from, for
+    messages), a patient in two of the user's splits is refused and val is carved by patient."""
+    if patients is not None:
+        check_one_split_per_patient(patients, split_of, where, source)
+    train = np.flatnonzero(split_of == "train")
+    if (split_of == "val").any() or not len(train):
+        return split_of
+    split_of = split_of.copy()
+    if patients is not None:
+        from medtransfer.data.tabular import group_holdout  # here: importing folder registers no table scheme
+
+        try:
+            _, val = group_holdout(train, labels, patients, val_fraction, seed)
+        except ValueError:
+            raise MedTransferError(_too_few_patients(where, patients[train], source, "a val split carved from "
+                                                     "train", fix)) from None
+        split_of[val] = "val"
+        return split_of
+    # Carve val from train. Lenient: a class too small to spare a val image stays in train only,
+    # as classes may already be absent from test in this layout.
+    split_of[train] = _stratified_split(labels[train], classes, val_fraction, 0.0, seed, strict=False, where=where,
+                                        fix=fix)
+    return split_of
+
+
+def draw_split(labels, classes, patients, val_fraction, test_fraction, seed, strict, where, source,
+               fix=FRACTIONS_FIX) -> np.ndarray:
+    """A split drawn here, seeded: per class (`_stratified_split`), or by patient when patients are known
+    (no patient in two splits). strict: every class in every split, else refused naming the class."""
+    if patients is None:
+        return _stratified_split(labels, classes, val_fraction, test_fraction, seed, strict=strict, where=where,
+                                 fix=fix)
+    from medtransfer.data.tabular import split_indices  # here: importing folder registers no table scheme
+
+    try:
+        parts = split_indices(labels, patients, seed, val_fraction, test_fraction)
+    except ValueError:
+        raise MedTransferError(_too_few_patients(where, patients, source, "a train/val/test split", fix)) from None
+    split_of = np.full(len(labels), "train", dtype=object)
+    for name, index in zip(SPLIT_NAMES, parts):
+        split_of[index] = name
+    wanted = [n for n, f in zip(SPLIT_NAMES, (1, val_fraction, test_fraction)) if f > 0]
+    for k, name in enumerate(classes if strict else ()):
+        empty = [n for n in wanted if not (labels[split_of == n] == k).any()]
+        if empty:
+            raise MedTransferError(f"{where}: class '{name}' has no image in the {' and '.join(empty)} split of the "
+                                   f"split by patient ({source}); add patients with that class, {fix}")
+    return split_of
+
+
+def _too_few_patients(where, patients, source, what, fix) -> str:
+    return f"{where}: {len(set(patients))} patient(s) ({source}) are too few for {what} by patient; add patients, {fix}"
+
+
+def _stratified_split(labels, classes, val_fraction, test_fraction, seed, strict, where, fix=FRACTIONS_FIX):
     """Seeded per-class split giving each class at least one image in every non-empty split.
 
     Done per class rather than with sklearn's train_test_split(stratify=...), because sklearn
@@ -198,13 +276,62 @@ def _stratified_split(labels, classes, val_fraction, test_fraction, seed, strict
         if n - n_test - n_val < 1:
             if strict:
                 raise MedTransferError(
-                    f"folder:{where}: class '{name}' has {n} image(s), too few for train/val/test "
-                    f"(needs {n_test + n_val + 1}); add images, merge the class, or lower val_fraction/test_fraction"
+                    f"{where}: class '{name}' has {n} image(s), too few for train/val/test "
+                    f"(needs {n_test + n_val + 1}); add images, merge the class, {fix}"
                 )
             n_test = n_val = 0
         split_of[index[:n_test]] = "test"
         split_of[index[n_test : n_test + n_val]] = "val"
     return split_of
+
+
+# --- patients --------------------------------------------------------------------------------
+
+
+def check_one_split_per_patient(patients, split_of, where: str, source: str) -> None:
+    """Refuse a patient whose images fall in two splits: a model tested on a patient it was trained on
+    scores what it remembers, not what it would see at a new patient. `source`: where patients come from."""
+    splits_of: dict[str, set] = {}
+    for patient, name in zip(patients, split_of):
+        splits_of.setdefault(patient, set()).add(name)
+    for patient, names in splits_of.items():
+        if len(names) > 1:
+            shown = " and ".join(n for n in SPLIT_NAMES if n in names)
+            raise MedTransferError(f"{where}: patient {patient!r} ({source}) has images in {shown}; a patient's "
+                                   "images belong to one split: move them into one")
+
+
+def check_dicom_keyword(keyword: str, where: str) -> None:
+    from pydicom.datadict import tag_for_keyword  # imported here: only --group needs pydicom
+
+    if tag_for_keyword(keyword) is None:
+        raise MedTransferError(f"{where}: --group {keyword} is not a DICOM keyword; name the tag that identifies "
+                               "the patient, e.g. --group PatientID")
+
+
+def dicom_groups(files: list[Path], keyword: str) -> np.ndarray:
+    """Each file's value of the DICOM tag `keyword` (its patient), read without the pixel data."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return np.array(list(pool.map(lambda f: _dicom_tag(f, keyword), files)), dtype=object)
+
+
+def _dicom_tag(file: Path, keyword: str) -> str:
+    if file.suffix.lower() != ".dcm":
+        raise MedTransferError(f"{file}: not a DICOM file (.dcm), so it has no {keyword} tag for --group {keyword}; "
+                               "with --group every image must be DICOM (or list patients in a manifest: CSV)")
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(file, stop_before_pixels=True)
+    except Exception as e:  # any reader failure means the same thing to the user
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise MedTransferError(f"{file}: not a readable DICOM file ({reason}); remove or replace the file") from e
+    value = ds.get(keyword)
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise MedTransferError(f"{file}: has no {keyword} (--group {keyword}), so its patient is unknown; fill the "
+                               "tag, or group by another tag")
+    return text
 
 
 # --- decoding --------------------------------------------------------------------------------

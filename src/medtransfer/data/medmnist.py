@@ -57,6 +57,9 @@ FLAGS: dict[str, tuple[str, list[str]]] = {
     "vesselmnist3d": ("binary", ["vessel", "aneurysm"]),
     "synapsemnist3d": ("binary", ["inhibitory synapse", "excitatory synapse"]),
 }
+# The clinically positive class of the binary flags that have one (a finding, not a mere category).
+POSITIVE = {"pneumoniamnist": "pneumonia", "breastmnist": "malignant", "nodulemnist3d": "malignant",
+            "adrenalmnist3d": "hyperplasia", "vesselmnist3d": "aneurysm"}
 
 
 def default_data_root() -> Path:
@@ -123,14 +126,15 @@ def load_medmnist(spec: str, data_root: str | Path | None = None, download: bool
             images = images.permute(0, 3, 1, 2)
         x = images.float().div_(255.0)
         y = labels.float() if task == "multilabel" else labels.reshape(-1)
-        splits[split] = Split(x.contiguous(), y)
+        splits[split] = Split(x.contiguous(), y, [f"{split}/{i}" for i in range(len(y))])  # index in the file
     return TaskDataset(
         name=f"medmnist:{flag}" + (f"@{size}" if size != 28 else ""),
         modality="image3d" if is_3d else "image2d",
         task=task,
         classes=classes,
         info={"file": str(path), "flag": flag, "size": size, "fingerprint": digest("medmnist", flag, size,
-                                                                                  stat_digest(path))},
+                                                                                  stat_digest(path)),
+              **({"positive": POSITIVE[flag]} if flag in POSITIVE else {})},
         **splits,
     )
 

@@ -21,10 +21,12 @@ class LoadOptions:
     """What the caller knows besides the spec; each scheme uses the part it needs."""
 
     data_root: str | Path | None = None  # where downloaded files live (medmnist)
-    target: str | None = None  # label column (csv)
-    group: str | None = None  # patient column for group-level splits (csv)
+    target: str | None = None  # label column (csv, manifest)
+    group: str | None = None  # patient column (csv, manifest) or DICOM tag (folder) for patient-level splits
     encoder: object | None = None  # a source's fitted tabular encoding, reused on the target
     split_seed: int = 0  # seeds the split of schemes that draw their own
+    id: str | None = None  # identifier column (csv): each row's id, never a feature
+    drop: tuple[str, ...] = ()  # columns that are not features (csv)
 
 
 Loader = Callable[[str, LoadOptions], TaskDataset]
@@ -48,15 +50,18 @@ class _HelpTexts(Mapping):
 SCHEMES = _HelpTexts()  # what `medtransfer datasets` and the "bad dataset" message print
 
 
-LABEL_OPTIONS = ("target", "group")  # the options a scheme may or may not read: refused where none reads them
+# Every option a scheme may read, with its flag: refused where no dataset of a request reads it.
+OPTION_FLAGS = {"target": "--target", "group": "--group", "id": "--id", "drop": "--drop"}
+LABEL_OPTIONS = tuple(OPTION_FLAGS)
 
 
 def register_scheme(name: str, *, help: str, reads=LABEL_OPTIONS):  # noqa: A002 - reads like the CLI's help=
     """Decorator: `@register_scheme("csv", help="...")` on a `load(arg, options) -> TaskDataset`.
 
-    `reads`: which of the label options (`target`, `group`) the scheme uses, e.g. `()` for a scheme
-    with a fixed label such as heart:, or a function `arg -> names` for a scheme that wraps another
-    (shift:). A scheme that says nothing is assumed to read them all, so it is never refused one."""
+    `reads`: which of the options of `LABEL_OPTIONS` (`target`, `group`, `id`, `drop`) the scheme uses,
+    e.g. `()` for a scheme with a fixed label such as heart:, or a function `arg -> names` for a scheme
+    that wraps another (shift:). A scheme that says nothing is assumed to read them all, so it is never
+    refused one."""
     def add(load: Loader) -> Loader:
         load.help = help
         load.reads = reads
@@ -71,21 +76,41 @@ def is_dataset_spec(spec: str) -> bool:
 
 
 def reads(spec: str) -> frozenset:
-    """The label options (`target`, `group`) the scheme of `spec` uses."""
+    """The options of `LABEL_OPTIONS` the scheme of `spec` uses."""
     scheme, _, arg = str(spec).partition(":")
     declared = getattr(LOADERS.get(scheme), "reads", LABEL_OPTIONS)
     return frozenset(declared(arg) if callable(declared) else declared)
 
 
-def check_options_used(specs, target: str | None, group: str | None) -> None:
-    """Refuse a label option that no dataset of the request reads: it would be silently ignored
-    (heart: has its fixed label, images take their classes from folders or files)."""
+def check_options_used(specs, target: str | None = None, group: str | None = None, **values) -> None:
+    """Refuse an option that no dataset of the request reads: it would be silently ignored (heart: has
+    its fixed label, images take their classes from folders or files). Options by name, as in
+    `LABEL_OPTIONS` (`check_options_used(specs, target=..., group=..., id=..., drop=...)`); a None or
+    empty value is not given."""
+    unknown = set(values) - set(OPTION_FLAGS)
+    if unknown:
+        raise TypeError(f"check_options_used: unknown option(s) {sorted(unknown)}; known: {list(OPTION_FLAGS)}")
+    values = {"target": target, "group": group, **values}
     specs = [s for s in specs if s and is_dataset_spec(s)]
-    for option, value, flag in (("target", target, "--target"), ("group", group, "--group")):
-        if value is not None and specs and not any(option in reads(s) for s in specs):
-            raise MedTransferError(f"{flag} {value} would be ignored: {' and '.join(specs)} take no {option} column "
-                                   f"(a fixed label, or classes from folders or files); {flag} names a column of a "
-                                   "csv: table, so drop it here")
+    for option, value in values.items():
+        if value is None or (not isinstance(value, str) and not value) or not specs:
+            continue
+        if not any(option in reads(s) for s in specs):
+            flag = OPTION_FLAGS[option]
+            shown = value if isinstance(value, str) else " ".join(map(str, value))
+            why = " (a fixed label, or classes from folders or files)" if option == "target" else ""
+            raise MedTransferError(f"{flag} {shown} would be ignored: {' and '.join(specs)} "
+                                   f"take{'s' if len(specs) == 1 else ''} no {option} option{why}; {flag} is read by "
+                                   f"{_readers(option)} only, so drop it here")
+
+
+def _readers(option: str) -> str:
+    """'csv: and manifest: datasets': the registered schemes that read `option` (wrappers left out)."""
+    names = [f"{name}:" for name, load in LOADERS.items()
+             if not callable(getattr(load, "reads", LABEL_OPTIONS)) and option in load.reads]
+    if not names:
+        return "no dataset scheme"
+    return (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]) + " datasets"
 
 
 def load_spec(spec: str, options: LoadOptions) -> TaskDataset:
@@ -112,6 +137,9 @@ def check_labels(dataset: TaskDataset, spec: str) -> None:
         split = dataset.split(name)
         if len(split.x) != len(split.y):
             raise MedTransferError(f"{where}: the {name} split has {len(split.x)} examples but {len(split.y)} labels")
+        if split.ids is not None and len(split.ids) != len(split.y):
+            raise MedTransferError(f"{where}: the {name} split has {len(split.y)} examples but {len(split.ids)} "
+                                   "ids; the loader must give one id per example")
         y = split.y
         if len(y) == 0:
             continue

@@ -133,7 +133,7 @@ def shift_split(split: Split, kind: str, strength: float, seed: int) -> Split:
     generator = torch.Generator().manual_seed(seed)
     parts = [apply_shift(split.x[i:i + CHUNK], kind, strength, generator) for i in range(0, len(split.x), CHUNK)]
     x = torch.cat(parts) if parts else split.x.clone()
-    return Split(x.contiguous(), split.y)
+    return Split(x.contiguous(), split.y, split.ids)  # the same examples: the same ids
 
 
 def shifted_dataset(dataset: TaskDataset, kind: str, strength: float) -> TaskDataset:

@@ -3,6 +3,8 @@
 Numeric columns are median-imputed and standardised, categorical ones one-hot encoded (missing
 is its own level), with the statistics fitted on the training split only. The fitted encoder is
 plain JSON, so it travels in a checkpoint and a target site is encoded exactly like the source.
+Every row keeps an id (the `--id` column's value, else its row number), and a column that merely
+numbers or names the rows is refused as a feature: it can only be learnt by heart, or leak.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:  # pandas and scikit-learn load inside the functions: `import 
 HEART_SITES = {"cleveland": "Cleveland", "hungary": "Hungary", "switzerland": "Switzerland",
                "va": "VA Long Beach"}
 MISSING = "<missing>"
+MIN_ID_ROWS = 10  # below this, a column of distinct values says little about being an identifier
 
 
 def as_text(values: pd.Series) -> pd.Series:
@@ -146,7 +149,7 @@ class TabularEncoder:
 def split_indices(y: np.ndarray, groups: np.ndarray | None, seed: int, val_fraction: float,
                   test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded stratified train/val/test indices; with groups, no group spans two splits."""
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+    from sklearn.model_selection import train_test_split
 
     index = np.arange(len(y))
     if groups is None:
@@ -154,28 +157,83 @@ def split_indices(y: np.ndarray, groups: np.ndarray | None, seed: int, val_fract
         train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
                                       stratify=y[rest], random_state=seed)
         return train, val, test
-
-    def group_split(idx, fraction):
-        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
-        keep, held = next(folds.split(idx, y[idx], groups[idx]))
-        return idx[keep], idx[held]
-
-    rest, test = group_split(index, test_fraction)
-    train, val = group_split(rest, val_fraction / (1 - test_fraction))
+    rest, test = group_holdout(index, y, groups, test_fraction, seed)
+    train, val = group_holdout(rest, y, groups, val_fraction / (1 - test_fraction), seed)
     return train, val, test
 
 
+def group_holdout(index: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) of `index`: about `fraction` of its groups held out whole, stratified by y, seeded.
+    Raises ValueError when there are fewer groups than the folds the fraction needs."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if fraction <= 0:
+        return index, index[:0]
+    folds = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
+    keep, held = next(folds.split(index, y[index], groups[index]))
+    return index[keep], index[held]
+
+
+def check_columns(frame: pd.DataFrame, where: str, target: str, group: str | None, id: str | None,  # noqa: A002
+                  drop: tuple[str, ...]) -> None:
+    """Every column an option names is in the table, and the label is none of the non-features."""
+    named = [(target, "label column (--target)"), (group, "group column (--group)"), (id, "id column (--id)"),
+             *((col, "column to drop (--drop)") for col in drop)]
+    for col, flag in named:
+        if col and col not in frame.columns:
+            raise MedTransferError(f"{flag} {col!r} not in {where}; columns are: {', '.join(map(str, frame.columns))}")
+    for col, flag in ((id, "--id"), *((col, "--drop") for col in drop)):
+        if col and col == target:
+            raise MedTransferError(f"{where}: {flag} {col} names the label column (--target {target}); a label is "
+                                   "neither an id nor dropped: name another column")
+
+
+def is_identifier(values: pd.Series) -> bool:
+    """A column with a different value on every row, the way an identifier has: text all distinct, or
+    integers all distinct that count 1, 2, 3… (in any order) or only grow down the file. Float columns
+    never are (measurements such as a creatinine of 1.13 are distinct by nature)."""
+    import pandas as pd
+
+    n = len(values)
+    if n < MIN_ID_ROWS or values.nunique() != n or pd.api.types.is_bool_dtype(values):
+        return False
+    if pd.api.types.is_integer_dtype(values):
+        array = values.to_numpy()
+        return bool(array.max() - array.min() == n - 1 or (np.diff(array) > 0).all())
+    return not pd.api.types.is_numeric_dtype(values)
+
+
+def check_no_identifier(frame: pd.DataFrame, features: list[str], where: str) -> None:
+    """Refuse a feature that identifies rows: a model would learn nothing real from it, or leak."""
+    for col in features:
+        if is_identifier(frame[col]):
+            raise MedTransferError(f"{where}: column {col!r} has a different value on every row, like an identifier "
+                                   f"(a model would learn nothing real from it, or leak); name it with --id {col} or "
+                                   f"drop it with --drop {col}")
+
+
+def id_texts(values: pd.Series) -> list[str]:
+    """Each row's id as text; a column of whole numbers read as floats (one was empty) keeps '12', not '12.0'."""
+    import pandas as pd
+
+    if pd.api.types.is_float_dtype(values) and values.dropna().map(float.is_integer).all():
+        values = values.astype("Int64")
+    return ["" if pd.isna(v) else str(v) for v in values]
+
+
 def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str | None = None,
-                     drop: tuple[str, ...] = (), encoder: TabularEncoder | None = None,
+                     id: str | None = None, drop: tuple[str, ...] = (),  # noqa: A002 - the option's name
+                     encoder: TabularEncoder | None = None,
                      classes: list[str] | None = None, split_seed: int = 0,
                      val_fraction: float = 0.15, test_fraction: float = 0.3, where: str | None = None) -> TaskDataset:
-    """`where`: the file the table came from, for messages (default: `name`)."""
+    """`where`: the file the table came from, for messages (default: `name`). `id`: the column whose
+    values are the rows' ids (else the 0-based row number); `id`, `group` and `drop` are not features."""
     import pandas as pd
 
     where = where or name
-    for col, flag in ((target, "label column (--target)"), *(((group, "group column (--group)"),) if group else ())):
-        if col not in frame.columns:
-            raise MedTransferError(f"{flag} {col!r} not in {where}; columns are: {', '.join(map(str, frame.columns))}")
+    drop = tuple(drop)
+    check_columns(frame, where, target, group, id, drop)
     if len(frame) == 0:
         raise MedTransferError(f"{where} has a header but no data rows; add rows of patients")
     if frame[target].isna().any():
@@ -203,13 +261,16 @@ def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str 
     except ValueError as exc:
         raise MedTransferError(f"{name}: cannot make a stratified split ({exc}); each class needs "
                                "several rows") from None
-    features = [c for c in frame.columns if c not in {target, group, *drop}]
+    features = [c for c in frame.columns if c not in {target, group, id, *drop}]
     # Rows encoded with another site's encoding may hold values that encoding never saw: say so.
     warnings = [] if encoder is not None else None
+    if encoder is None:  # a given encoding was checked when it was fitted
+        check_no_identifier(frame, features, where)
     encoder = encoder or TabularEncoder.fit(frame.iloc[parts[0]], features, where)
     x = torch.from_numpy(encoder.transform(frame, where, warnings))
     y = torch.from_numpy(y)
-    train, val, test = (Split(x[idx], y[idx]) for idx in parts)
+    ids = id_texts(frame[id]) if id else [str(i) for i in range(len(frame))]
+    train, val, test = (Split(x[idx], y[idx], [ids[i] for i in idx]) for idx in parts)
     for split_name, split in (("train", train), ("val", val), ("test", test)):
         absent = [classes[c] for c in range(len(classes)) if not (split.y == c).any()]
         if absent:
@@ -222,10 +283,12 @@ def frame_to_dataset(frame: pd.DataFrame, target: str, name: str, *, group: str 
                              **({"warnings": warnings} if warnings else {})})
 
 
-@register_scheme("csv", help="a table with --target COLUMN (and --group COLUMN for patient-level splits), "
-                             "e.g. csv:./labs.csv", reads=("target", "group"))
+@register_scheme("csv", help="a table with --target COLUMN (and --group COLUMN for patient-level splits, --id "
+                             "COLUMN naming each row, --drop COLUMN for a column that is no feature), "
+                             "e.g. csv:./labs.csv", reads=("target", "group", "id", "drop"))
 def load_csv_scheme(arg: str, options: LoadOptions) -> TaskDataset:
-    return load_csv(arg, options.target, options.group, encoder=options.encoder, split_seed=options.split_seed)
+    return load_csv(arg, options.target, options.group, encoder=options.encoder, split_seed=options.split_seed,
+                    id=options.id, drop=options.drop)
 
 
 @register_scheme("heart", help="built-in UCI Heart Disease site: cleveland, hungary, switzerland or va, "
@@ -235,26 +298,33 @@ def load_heart_scheme(arg: str, options: LoadOptions) -> TaskDataset:
 
 
 def load_csv(path: str | Path, target: str | None, group: str | None = None,
-             encoder: TabularEncoder | None = None, split_seed: int = 0) -> TaskDataset:
+             encoder: TabularEncoder | None = None, split_seed: int = 0, id: str | None = None,  # noqa: A002
+             drop: tuple[str, ...] = ()) -> TaskDataset:
+    """A CSV table; ids are the `id` column's values, else the 0-based data row numbers."""
     path = Path(path).expanduser()
     if not target:
         raise MedTransferError(f"csv:{path} needs --target COLUMN naming the label column")
     if not path.is_file():
         raise MedTransferError(f"CSV file {path} not found")
+    drop = (drop,) if isinstance(drop, str) else tuple(drop or ())
     frame = read_csv(path)
-    dataset = frame_to_dataset(frame, target, f"csv:{path.name}", group=group, encoder=encoder,
+    dataset = frame_to_dataset(frame, target, f"csv:{path.name}", group=group, id=id, drop=drop, encoder=encoder,
                                split_seed=split_seed, where=str(path))
     dataset.info["fingerprint"] = digest("csv", file_digest(path), target, group, split_seed,
-                                         encoder.to_dict() if encoder is not None else None)
+                                         encoder.to_dict() if encoder is not None else None,
+                                         *((id, sorted(drop)) if id or drop else ()))
+    if id:
+        dataset.info["id_column"] = id
     return dataset
 
 
-def read_csv(path: Path) -> pd.DataFrame:
-    """A CSV file with at least one data row, or one clear error naming the file."""
+def read_csv(path: Path, **options) -> pd.DataFrame:
+    """A CSV file with at least one data row, or one clear error naming the file. `options` go to
+    `pandas.read_csv` (e.g. `dtype=str`)."""
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, **options)
     except pd.errors.EmptyDataError:
         raise MedTransferError(f"{path} is empty (no header, no rows); give a CSV with a header row and one row "
                                "per patient") from None
@@ -267,8 +337,10 @@ def read_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def heart_frame() -> pd.DataFrame:
-    return _heart_frame().copy()
+def heart_frame(with_id: bool = False) -> pd.DataFrame:
+    """The bundled UCI table, label `disease`; `with_id` keeps the UCI `id` column (the patients' ids)."""
+    frame = _heart_frame().copy()
+    return frame if with_id else frame.drop(columns=["id"])
 
 
 @lru_cache(maxsize=1)
@@ -279,21 +351,25 @@ def _heart_frame() -> pd.DataFrame:
         frame = pd.read_csv(f)
     frame["chol"] = frame["chol"].replace(0, np.nan)  # 0 = not measured (Switzerland)
     frame["disease"] = np.where(frame.pop("num") > 0, "disease", "no disease")
-    return frame.drop(columns=["id"])
+    return frame
 
 
 def load_heart(site: str, encoder: TabularEncoder | None = None, split_seed: int = 0) -> TaskDataset:
     """One hospital of UCI Heart Disease. Half of each site is its test set (stratified, fixed by
-    split_seed): the sites are small and Switzerland has only 8 patients without disease."""
+    split_seed): the sites are small and Switzerland has only 8 patients without disease. Ids are
+    `<site>:<UCI id>`; the positive class is "disease"."""
     key = site.strip().lower()
     if key not in HEART_SITES:
         raise MedTransferError(f"unknown heart site {site!r}; choose one of: {', '.join(HEART_SITES)}")
-    frame = heart_frame()
+    frame = heart_frame(with_id=True)
     frame = frame[frame.pop("dataset") == HEART_SITES[key]].reset_index(drop=True)
-    dataset = frame_to_dataset(frame, "disease", f"heart:{key}", encoder=encoder,
+    dataset = frame_to_dataset(frame, "disease", f"heart:{key}", id="id", encoder=encoder,
                                classes=["no disease", "disease"], split_seed=split_seed, test_fraction=0.5)
+    for split in (dataset.train, dataset.val, dataset.test):
+        split.ids = [f"{key}:{i}" for i in split.ids]
     dataset.info["fingerprint"] = digest("heart", _heart_digest(), key, split_seed,
                                          encoder.to_dict() if encoder is not None else None)
+    dataset.info["positive"] = "disease"
     return dataset
 
 

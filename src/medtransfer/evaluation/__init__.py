@@ -1,5 +1,7 @@
-"""Evaluation: test-set metrics (a registry) with bootstrap confidence intervals, and the selection score."""
+"""Evaluation: test-set metrics (a registry) with bootstrap confidence intervals, the operating point
+(threshold rules chosen on validation), post-hoc calibration, and the selection score."""
 
+from .calibration import CALIBRATIONS, calibrate_logits, calibration_summary, check_calibration, fit_calibration
 from .metrics import (
     METRICS,
     auc_paired_difference,
@@ -9,7 +11,8 @@ from .metrics import (
     expected_calibration_error,
     register_metric,
 )
-from .selection import selection_score
+from .selection import selection_key, selection_score
+from .threshold import RULE_HELP, OperatingPoint, check_rule_syntax, choose_operating_point, decisions, parse_rule
 
 __all__ = [
     "compute_metrics",
@@ -20,4 +23,16 @@ __all__ = [
     "METRICS",
     "register_metric",
     "selection_score",
+    "selection_key",
+    "RULE_HELP",
+    "parse_rule",
+    "check_rule_syntax",
+    "OperatingPoint",
+    "choose_operating_point",
+    "decisions",
+    "CALIBRATIONS",
+    "check_calibration",
+    "fit_calibration",
+    "calibrate_logits",
+    "calibration_summary",
 ]

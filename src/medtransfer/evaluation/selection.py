@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .metrics import binary_auc
+from .metrics.kernels import _LOG_EPS
 
 
 def selection_score(y: np.ndarray, prob: np.ndarray, task: str) -> float:
@@ -24,3 +25,53 @@ def selection_score(y: np.ndarray, prob: np.ndarray, task: str) -> float:
     if math.isnan(score):
         score = float((prob.argmax(1) == y).mean()) if task != "multilabel" else 0.0
     return float(score)
+
+
+def selection_key(y: np.ndarray, prob: np.ndarray, task: str) -> tuple:
+    """(selection_score, balanced accuracy of the argmax decision, -log_loss): larger is better, compare as tuples.
+
+    Why the tie-breakers: on a small validation split many epochs or C values share the same AUC; among
+    them, one that predicts a single class for every example (balanced accuracy 0.5 or less) or is worse
+    calibrated (higher log-loss) should not win. Never holds nan (undefined parts are -inf or 0), so tuple
+    comparison is total. Multilabel: labels decided at 0.5, balanced accuracy and log-loss averaged over labels.
+    """
+    y, prob = np.asarray(y), np.asarray(prob, dtype=float)
+    if task != "multilabel" and y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    y = y.astype(int)
+    score = selection_score(y, prob, task) if len(y) else float("nan")
+    balanced = _balanced_accuracy(y, prob, task)
+    loss = _log_loss(y, prob, task)
+    return (_finite(score, -math.inf), _finite(balanced, 0.0), _finite(-loss, -math.inf))
+
+
+def _finite(value: float, default: float) -> float:
+    return float(value) if math.isfinite(value) else default
+
+
+def _balanced_accuracy(y, prob, task) -> float:
+    """Mean recall over the classes present (multilabel: mean of every label's sensitivity and specificity)."""
+    if len(y) == 0:
+        return float("nan")
+    if task == "multilabel":
+        pred, pos = prob >= 0.5, y == 1
+        rates = []
+        for k in range(y.shape[1]):
+            rates += [np.mean(pred[pos[:, k], k]) if pos[:, k].any() else np.nan,
+                      np.mean(~pred[~pos[:, k], k]) if (~pos[:, k]).any() else np.nan]
+        rates = np.asarray(rates, dtype=float)
+    else:
+        pred = prob.argmax(axis=1)
+        rates = np.asarray([np.mean(pred[y == k] == k) for k in np.unique(y)], dtype=float)
+    rates = rates[np.isfinite(rates)]
+    return float(rates.mean()) if rates.size else float("nan")
+
+
+def _log_loss(y, prob, task) -> float:
+    """Mean negative log-likelihood, probabilities clipped at 1e-7 (as the log_loss metric); nan when empty."""
+    if len(y) == 0:
+        return float("nan")
+    p = np.clip(prob, _LOG_EPS, 1 - _LOG_EPS)
+    if task == "multilabel":
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return float(-np.mean(np.log(p[np.arange(len(y)), y])))

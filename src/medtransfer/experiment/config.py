@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,6 +23,8 @@ class TrainSettings(BaseModel):
     augment: bool | None = None
     image_size: int | None = Field(None, ge=8)
     source_epochs: int | None = Field(None, ge=1)
+    class_weight: Literal["none", "balanced"] | None = None
+    sampler: Literal["none", "balanced"] | None = None
 
 
 class ExperimentConfig(BaseModel):
@@ -40,8 +43,24 @@ class ExperimentConfig(BaseModel):
     data_root: str | None = None
     target_column: str | None = None  # csv: targets
     group_column: str | None = None
+    id_column: str | None = None
+    drop_columns: list[str] = []
+    # The clinical evaluation of every cell (see `medtransfer transfer --help`), chosen on validation.
+    positive: str | None = None
+    threshold: str | float | None = None
+    calibrate: Literal["none", "temperature", "platt", "isotonic"] = "none"
     keep_weights: bool = False  # cells keep predictions and metrics; weights only on request
     n_boot: int = Field(1000, ge=0)
+
+    @field_validator("threshold")
+    @classmethod
+    def known_rule(cls, rule):
+        from ..evaluation.threshold import check_rule_syntax
+        try:
+            check_rule_syntax(rule)
+        except MedTransferError as exc:
+            raise ValueError(str(exc).replace(" (option --threshold)", "")) from None
+        return rule
 
     @field_validator("name")
     @classmethod

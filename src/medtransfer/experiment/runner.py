@@ -43,9 +43,12 @@ def cell_request(cell: Cell, out: Path, config: ExperimentConfig, data_root: str
     return TransferRequest(
         cell.target, cell.strategy, None if cell.source == NO_SOURCE else cell.source, budget=cell.budget,
         seed=cell.seed, split_seed=cell.seed if config.resplit else 0, backbone=cell.backbone,
-        image_size=train.image_size, source_epochs=train.source_epochs,
-        loading=DataOptions(data_root, config.target_column, config.group_column).used_by(cell.target, cell.source),
-        training=TrainOptions(train.epochs, train.lr, train.batch_size, train.patience, train.augment),
+        image_size=train.image_size, source_epochs=train.source_epochs, positive=config.positive,
+        threshold=config.threshold, calibrate=config.calibrate,
+        loading=DataOptions(data_root, config.target_column, config.group_column, config.id_column,
+                            tuple(config.drop_columns)).used_by(cell.target, cell.source),
+        training=TrainOptions(train.epochs, train.lr, train.batch_size, train.patience, train.augment,
+                              train.class_weight, train.sampler),
         output=Output(out, overwrite=True, weights=config.keep_weights), n_boot=config.n_boot, progress=progress)
 
 

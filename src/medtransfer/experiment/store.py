@@ -62,6 +62,8 @@ def failed_row(cell: Cell, folder: Path, error: str) -> dict:
 
 
 def row(cell: Cell, folder: Path, out: Path) -> dict:
+    """A finished cell's results.csv row: its settings, every test metric with its CI, what validation
+    said (the report chooses on it, never on test), and the operating point the test decisions used."""
     metrics = read_json(folder / "metrics.json")
     config = read_json(folder / "config.json")
     values = {"cell_id": folder.name, "target": cell.target, "source": cell.source,
@@ -70,10 +72,61 @@ def row(cell: Cell, folder: Path, out: Path) -> dict:
               "split_seed": config.get("split_seed", 0), "task": config["task"]}
     for name, m in metrics["test"].items():  # every registered metric the task has
         values.update({f"test_{name}": m["value"], f"test_{name}_lo": m["ci"][0], f"test_{name}_hi": m["ci"][1]})
-    values["val_auc"] = metrics["val"].get("auc", {}).get("value")
+    values.update(validation_columns(metrics))
+    values.update(decision_columns(metrics, config, folder))
     values["seconds"] = metrics["fit"].get("total_seconds")
     values["run_dir"] = str(folder.relative_to(out))
     return values
+
+
+def validation_columns(metrics: dict) -> dict:
+    """The validation scores a report may choose a method by (empty when validation had no labels)."""
+    val = metrics.get("val") or {}
+    return {f"val_{name}": (val.get(name) or {}).get("value") for name in ("auc", "log_loss", "balanced_acc")}
+
+
+def decision_columns(metrics: dict, config: dict, folder: Path) -> dict:
+    """How the test decisions were made and what they came to: positive class, threshold rule and value,
+    calibration, test size, and whether every decision fell in one class. Empty where a run folder from
+    before operating points were saved does not say, rather than a guess."""
+    point = metrics.get("operating_point") or {}
+    calibration = metrics.get("calibration") or {}
+    counts = metrics.get("test_counts") or {}
+    predicted = metrics.get("predicted_counts")
+    return {"positive": point.get("positive", config.get("positive")),
+            "threshold_rule": point.get("rule", config.get("threshold")),
+            "threshold": point.get("threshold"),
+            "calibration": calibration.get("method") or "none",
+            "n_test": counts.get("n") or config.get("n_test") or _test_rows(folder),
+            "degenerate": one_class(predicted) if predicted else _degenerate_from_predictions(folder)}
+
+
+def one_class(counts: dict) -> bool:
+    """Whether decisions counted per class fell in a single class (a degenerate operating point)."""
+    return sum(1 for n in counts.values() if n) == 1
+
+
+def _test_predictions(folder: Path) -> pd.DataFrame | None:
+    """The test rows of a cell's predictions.csv; None when there is none to read (then: not recorded)."""
+    path = folder / "predictions.csv"
+    try:
+        frame = pd.read_csv(path, dtype={"predicted": str})
+    except (OSError, ValueError):  # missing, empty or malformed: one cell's gap must not stop results.csv
+        return None
+    return frame[frame["split"] == "test"] if "split" in frame else None
+
+
+def _test_rows(folder: Path) -> int | None:
+    test = _test_predictions(folder)
+    return len(test) if test is not None else None
+
+
+def _degenerate_from_predictions(folder: Path) -> bool | None:
+    """From predictions.csv's `predicted` column when metrics.json has no predicted_counts; None without it."""
+    test = _test_predictions(folder)
+    if test is None or "predicted" not in test or test.empty:
+        return None
+    return test["predicted"].nunique(dropna=True) == 1
 
 
 class Results:
@@ -110,7 +163,7 @@ class Results:
         ordered = [self.rows[k] for k in sorted(self.rows, key=self.order.get)]
         columns = dict.fromkeys(k for r in sorted(ordered, key=lambda r: "error" in r) for k in r)  # error last
         frame = pd.DataFrame(ordered, columns=list(columns))
-        for name in ("n_labels", "seed", "split_seed"):  # still integers beside the empty cells of failed rows
+        for name in ("n_labels", "seed", "split_seed", "n_test"):  # integers beside the empty cells of failed rows
             if name in frame:
                 frame[name] = frame[name].astype("Int64")
         tmp = self.out / "results.csv.tmp"

@@ -69,7 +69,9 @@ class Preprocess(nn.Module):
 
 
 class Classifier(nn.Module):
-    """preprocess -> backbone (features) -> linear head. Strategies swap heads and freeze parts."""
+    """preprocess -> backbone (features) -> linear head [-> calibration]. Strategies swap heads and
+    freeze parts; the pipeline sets `calibration` (a `models.calibration.Calibration`, fitted on the
+    run's validation split) after training, and removes it whenever the model becomes a starting point."""
 
     def __init__(self, backbone: nn.Module, num_features: int, num_outputs: int, spec: InputSpec,
                  architecture: dict):
@@ -80,15 +82,22 @@ class Classifier(nn.Module):
         self.num_features = num_features
         self.spec = spec
         self.architecture = architecture
+        self.calibration: nn.Module | None = None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.preprocess(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.classify(self.features(x))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from backbone features: the head, then the calibration when the model has one."""
+        out = self.head(features)
+        return out if self.calibration is None else self.calibration(out)
 
     def reset_head(self, num_outputs: int) -> None:
         self.head = nn.Linear(self.num_features, num_outputs).to(self.head.weight.device)
+        self.calibration = None  # it belonged to the old head
 
     def stages(self) -> list[str]:
         """Backbone module names from input to output, for freezing the first stages."""

@@ -12,6 +12,8 @@ from safetensors.torch import load_file, save_file
 from ..errors import MedTransferError
 from ..runs import dumps
 from .backbones import Classifier, InputSpec, create_model
+from .calibration import METHODS as CALIBRATIONS
+from .calibration import Calibration
 
 WEIGHTS, META = "model.safetensors", "model.json"
 
@@ -21,9 +23,10 @@ REQUIRED = {"architecture": dict, "input": dict, "task": str, "classes": list, "
 
 def save_checkpoint(directory: Path, model: Classifier, task: str, classes: list[str],
                     encoder: dict | None, provenance: dict, weights: bool = True,
-                    data_shape: list[int] | None = None) -> None:
+                    data_shape: list[int] | None = None, extra: dict | None = None) -> None:
     """`data_shape`: the shape of one training example as the data loader decoded it (images:
-    [channels, height, width]), so new image files are decoded exactly as the training images were."""
+    [channels, height, width]), so new image files are decoded exactly as the training images were.
+    `extra`: more model.json keys (the positive class, the operating point, the id column)."""
     directory.mkdir(parents=True, exist_ok=True)
     if weights:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -33,6 +36,9 @@ def save_checkpoint(directory: Path, model: Classifier, task: str, classes: list
             "num_outputs": model.head.out_features, "encoder": encoder, "provenance": provenance}
     if data_shape is not None:
         meta["data_shape"] = [int(n) for n in data_shape]
+    if model.calibration is not None:
+        meta["calibration"] = model.calibration.describe()
+    meta.update(extra or {})
     (directory / META).write_text(dumps(meta, indent=2))
 
 
@@ -90,8 +96,23 @@ def load_checkpoint(directory: Path) -> tuple[Classifier, dict]:
         raise MedTransferError(f"{directory / META}: 'input' is not a valid input spec ({exc}); re-run the "
                                "transfer that wrote it or restore the file") from None
     model = create_model(meta["architecture"], spec, meta["num_outputs"])
+    model.calibration = calibration_module(meta, directory)
     load_state_strict(model, read_weights(directory / WEIGHTS), str(directory / WEIGHTS))
     return model, meta
+
+
+def calibration_module(meta: dict, directory: Path) -> Calibration | None:
+    """The (empty) calibration module model.json describes, for its buffers to load into; None when the
+    run was not calibrated (and for checkpoints older than calibration)."""
+    described = meta.get("calibration")
+    if described is None:
+        return None
+    if not isinstance(described, dict) or described.get("method") not in CALIBRATIONS or \
+            not isinstance(described.get("knots", 0), int):
+        raise MedTransferError(f"{directory / META}: 'calibration' must be {{\"method\": one of "
+                               f"{', '.join(CALIBRATIONS)}, \"knots\": a whole number}}, got {described!r}; re-run the "
+                               "transfer that wrote it or restore the file")
+    return Calibration(described["method"], meta["num_outputs"], described.get("knots", 0))
 
 
 def read_weights(path: Path) -> dict:

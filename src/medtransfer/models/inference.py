@@ -95,7 +95,7 @@ def features_and_logits(model: nn.Module, x: torch.Tensor, accelerator: str = "a
 
     def both(xb):
         f = model.features(xb).float()
-        return f, model.head(f)
+        return f, model.classify(f)
 
     model.to(device)
     try:

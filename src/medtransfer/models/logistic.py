@@ -14,7 +14,7 @@ import numpy as np
 
 from ..defaults import C_GRID
 from ..errors import MedTransferError
-from ..evaluation.selection import selection_score
+from ..evaluation.selection import selection_key
 
 MISSING_CLASS = "a class is missing from the labelled training examples; raise the budget"
 CRITERIA = ("auc", "log_loss")
@@ -56,10 +56,11 @@ def full_proba(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
 
 def fit_logistic(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, task: str,
                  n_outputs: int, seed: int = 0, criterion: str = "auc", max_iter: int = 2000,
-                 grid=C_GRID) -> LogisticFit:
+                 grid=C_GRID, class_weight: str = "none") -> LogisticFit:
     """Logistic regression on standardised features for each C in `grid`; keeps the C whose validation
-    `criterion` is best ("auc": `selection_score`, highest; "log_loss": lowest), the first on ties.
-    Multilabel: one binary fit per label (criterion "auc" only)."""
+    `criterion` is best ("auc": `selection_key`, i.e. AUC with ties broken by balanced accuracy and
+    log-loss; "log_loss": lowest), the first on ties. Multilabel: one binary fit per label (criterion
+    "auc" only). `class_weight="balanced"`: scikit-learn's balanced class weights (`--class-weight`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
@@ -68,28 +69,32 @@ def fit_logistic(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
     multilabel = task == "multilabel"
     if multilabel and criterion != "auc":
         raise ValueError("fit_logistic: a multilabel task is chosen by criterion 'auc'")
+    weighting = "balanced" if class_weight == "balanced" else None
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_z, val_z = (train_x - mean) / std, (val_x - mean) / std
-    best = None
+    best, best_key = None, None
     for c in grid:
         if multilabel:
-            fits = [LogisticRegression(C=c, max_iter=max_iter).fit(train_z, train_y[:, j])
+            fits = [LogisticRegression(C=c, max_iter=max_iter, class_weight=weighting).fit(train_z, train_y[:, j])
                     for j in range(train_y.shape[1])]
             coef = np.concatenate([f.coef_ for f in fits]); bias = np.concatenate([f.intercept_ for f in fits])
             prob = 1 / (1 + np.exp(-(val_z @ coef.T + bias)))
         else:
-            clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(train_z, train_y)
+            clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed,
+                                     class_weight=weighting).fit(train_z, train_y)
             fits, coef, bias = [clf], clf.coef_, clf.intercept_
             if coef.shape[0] == 1:  # binary: softmax over [-z/2, z/2] equals sigmoid(z)
                 coef, bias = np.concatenate([-coef / 2, coef / 2]), np.array([-bias[0] / 2, bias[0] / 2])
             if len(clf.classes_) < n_outputs:
                 raise MedTransferError(MISSING_CLASS)
         if criterion == "auc":
-            score = selection_score(val_y, prob if multilabel else full_proba(clf, val_z, n_outputs), task)
-            better = best is None or score > best.score
+            key = selection_key(val_y, prob if multilabel else full_proba(clf, val_z, n_outputs), task)
+            score = key[0]
+            better = best is None or key > best_key
         else:
             score = log_loss(val_y, clf.predict_proba(val_z), labels=list(range(n_outputs)))
             better = best is None or score < best.score
         if better:
             best = LogisticFit(mean, std, fits, coef, bias, c, score, multilabel)
+            best_key = key if criterion == "auc" else None
     return best

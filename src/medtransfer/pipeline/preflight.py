@@ -20,6 +20,7 @@ from ..models.sources import check_compatible, load_source_model
 from ..strategies import STRATEGIES
 from .request import TransferRequest
 from .source import load_source_data, source_encoder
+from .run import check_target
 from .transfer import check_budget, check_split_seed
 
 
@@ -51,6 +52,7 @@ def check(request: TransferRequest, cache: dict) -> None:
                                f"a dataset such as heart:cleveland, not {request.source!r}")
     target = load_target(request, source_data, cache)
     require_classes(target, request.data)
+    check_target(request, target)
     if not strategy.uses_backbone and target.modality != "tabular":
         raise MedTransferError(f"{strategy.name} is a tabular baseline, but {request.data} is {target.modality}; "
                                "for images use scratch or a transfer strategy")

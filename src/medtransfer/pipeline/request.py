@@ -11,9 +11,11 @@ from pathlib import Path
 from ..data import TaskDataset, check_options_used, is_dataset_spec, load_dataset, reads
 from ..defaults import N_BOOT, TRAINING
 from ..errors import MedTransferError
+from ..evaluation.calibration import CALIBRATIONS
+from ..evaluation.threshold import check_rule_syntax
 from ..models.backbones import pick_size
 from ..progress import SILENT, Progress
-from ..training.loop import ACCELERATORS, TrainConfig
+from ..training.loop import ACCELERATORS, IMBALANCE, TrainConfig
 
 
 def check_int(name: str, value, minimum: int, flag: str | None = None, optional: bool = True) -> None:
@@ -42,16 +44,33 @@ def check_accelerator(value) -> None:
         raise MedTransferError(f"accelerator must be one of auto, {', '.join(ACCELERATORS)}, got {value!r} (--device)")
 
 
+def check_choice(name: str, value, choices, flag: str) -> None:
+    """None (the default) or one of `choices`."""
+    if value is not None and value not in choices:
+        raise MedTransferError(f"{name} must be one of {', '.join(choices)}, got {value!r} ({flag})")
+
+
 @dataclass(frozen=True)
 class DataOptions:
-    """How dataset specs are read: the MedMNIST data root, the label and group columns of csv: tables."""
+    """How dataset specs are read: the MedMNIST data root, the label, group and id columns of tables,
+    columns to leave out."""
     data_root: str | Path | None = None
-    target: str | None = None  # label column (csv:)
-    group: str | None = None  # patient/group column (csv:)
+    target: str | None = None  # label column (csv:, manifest:)
+    group: str | None = None  # patient/group column (csv:, manifest:) or DICOM tag (folder:)
+    id: str | None = None  # identifier column (csv:): kept as the row's id, never a feature
+    drop: tuple[str, ...] = ()  # columns that are not features (csv:)
+
+    def __post_init__(self):
+        drop = (self.drop,) if isinstance(self.drop, str) else tuple(self.drop or ())
+        object.__setattr__(self, "drop", drop)
 
     def load(self, spec: str, encoder=None, split_seed: int = 0) -> TaskDataset:
-        return load_dataset(spec, data_root=self.data_root, target=self.target, group=self.group,
-                            encoder=encoder, split_seed=split_seed)
+        return load_dataset(spec, data_root=self.data_root, target=self.target, group=self.group, id=self.id,
+                            drop=self.drop, encoder=encoder, split_seed=split_seed)
+
+    def columns(self) -> dict:
+        """The column options by name, as `check_options_used` takes them."""
+        return dict(target=self.target, group=self.group, id=self.id, drop=self.drop)
 
     def used_by(self, *specs: str | None) -> "DataOptions":
         """These options without a label or group column that none of `specs` reads (a grid-wide
@@ -60,7 +79,8 @@ class DataOptions:
         specs = [s for s in specs if s and is_dataset_spec(s)]
         used = frozenset().union(*(reads(s) for s in specs))
         return replace(self, target=self.target if "target" in used else None,
-                       group=self.group if "group" in used else None)
+                       group=self.group if "group" in used else None,
+                       id=self.id if "id" in used else None, drop=self.drop if "drop" in used else ())
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,8 @@ class TrainOptions:
     batch_size: int | None = None
     patience: int | None = None
     augment: bool | None = None
+    class_weight: str | None = None  # none | balanced (default: none, see defaults.TRAINING)
+    sampler: str | None = None  # none | balanced
 
     def __post_init__(self):
         # Checked once, here, for every door (API, CLI, grids): epochs 0 would return the untrained model
@@ -81,6 +103,8 @@ class TrainOptions:
         check_positive("lr", self.lr, "--lr")
         if self.augment not in (None, True, False):
             raise MedTransferError(f"augment must be true or false, got {self.augment!r}")
+        check_choice("class_weight", self.class_weight, IMBALANCE, "--class-weight")
+        check_choice("sampler", self.sampler, IMBALANCE, "--sampler")
 
     def config(self, row: str, seed: int, accelerator: str = "auto", progress: bool = True) -> TrainConfig:
         """The loop's settings: the defaults of `row` (a modality, or "ssl") with these overrides."""
@@ -129,6 +153,9 @@ class TransferRequest(RunSettings):
     backbone: str | None = None
     image_size: int | None = None
     source_epochs: int | None = None  # epochs when a source dataset is pretrained first
+    positive: str | None = None  # binary: the positive class (None: the rule of data/positive.py)
+    threshold: str | float | None = None  # the operating-point rule (None: 0.5 binary, argmax multiclass)
+    calibrate: str = "none"  # none | temperature | platt | isotonic, fitted on validation
 
     def __post_init__(self):
         """Every option checked before any work: a bad value is one line naming it, never a default
@@ -142,8 +169,12 @@ class TransferRequest(RunSettings):
         check_int("source_epochs", self.source_epochs, 1, "--source-epochs")
         check_image_size(self.image_size)
         self.check_settings()
+        if self.positive is not None and (not isinstance(self.positive, str) or not self.positive):
+            raise MedTransferError(f"positive must be a class name, got {self.positive!r} (--positive)")
+        check_rule_syntax(self.threshold)
+        check_choice("calibrate", self.calibrate, CALIBRATIONS, "--calibrate")
         sources = [self.source] if self.source and is_dataset_spec(self.source) else []
-        check_options_used([self.data, *sources], self.loading.target, self.loading.group)
+        check_options_used([self.data, *sources], **self.loading.columns())
 
 
 @dataclass(frozen=True)
@@ -198,4 +229,4 @@ class ShiftRequest:
         check_int("n_boot", self.n_boot, 0, "--n-boot", optional=False)
         check_int("max_samples", self.max_samples, 1, "--max-samples")
         check_accelerator(self.accelerator)
-        check_options_used([self.source, self.target], self.loading.target, self.loading.group)
+        check_options_used([self.source, self.target], **self.loading.columns())

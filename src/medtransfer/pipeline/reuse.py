@@ -14,21 +14,29 @@ from ..data.tabular import TabularEncoder
 from ..defaults import N_BOOT
 from ..errors import MedTransferError
 from ..evaluation import compute_metrics
+from ..evaluation.threshold import OperatingPoint, parse_rule
 from ..models.checkpoint import load_checkpoint
 from ..models.inference import predict_proba
 from ..models.sources import check_compatible
-from ..runs import read_json
+from ..runs import predictions_frame, read_json
+from .operating import counts, decided_classes
 from .run import check_probabilities
 from .run_folder import require_classifier
 
 log = logging.getLogger("medtransfer")
 
 
+SPLITS = ("train", "val", "test", "all")
+
+
 def evaluate(run: str | Path, data: str | None = None, split: str = "test", data_root=None,
-             n_boot: int = N_BOOT, seed: int = 0) -> dict:
-    """Metrics (with 95% CIs) of a saved run on a split of its own or another dataset."""
-    if split not in ("train", "val", "test"):
-        raise MedTransferError(f"unknown split {split!r}; choose train, val or test (--split)")
+             n_boot: int = N_BOOT, seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """Metrics (with 95% CIs) of a saved run on a split of its own or another dataset, at the run's
+    operating point (its threshold and positive class, chosen on its own validation split), and the
+    per-example predictions. `split="all"` scores every example of the dataset: external validation
+    of a whole site. The metrics dict also holds "operating_point" and "counts" (n per class)."""
+    if split not in SPLITS:
+        raise MedTransferError(f"unknown split {split!r}; choose {', '.join(SPLITS[:-1])} or {SPLITS[-1]} (--split)")
     run = Path(run)
     model, meta = load_checkpoint(run)
     require_classifier(meta, run)
@@ -39,19 +47,56 @@ def evaluate(run: str | Path, data: str | None = None, split: str = "test", data
     encoder = TabularEncoder.from_dict(meta["encoder"]) if meta.get("encoder") else None
     same_data = data == config.get("data")  # its own dataset: the split the run was tested on
     dataset = load_dataset(data, data_root=data_root or config.get("data_root"), target=config.get("target"),
-                           group=config.get("group"), encoder=encoder,
-                           split_seed=config.get("split_seed", 0) if same_data else 0)
+                           group=config.get("group"), id=config.get("id_column"), drop=tuple(config.get("drop") or ()),
+                           encoder=encoder, split_seed=config.get("split_seed", 0) if same_data else 0)
     check_compatible(model, dataset.modality, dataset.in_channels, dataset.info.get("features"))
-    if dataset.classes != meta["classes"]:
-        raise MedTransferError(f"class mismatch: the model predicts {meta['classes']}, {data} has {dataset.classes}")
     for warning in dataset.info.get("warnings", []):
         log.warning(warning)
     part = dataset.split(split)
     if len(part) == 0:
-        raise MedTransferError(f"the {split} split of {data} is empty; evaluate another split (--split)")
+        raise MedTransferError(f"the {split} split of {data} is empty; evaluate another split (--split), or "
+                               "--split all for every example")
+    y = labels_as_model_classes(part.y, dataset, meta["classes"], data)
     prob = predict_proba(model, part.x, dataset.task)
     check_probabilities(prob, f"the {split} split of {data}")
-    return compute_metrics(part.y.numpy(), prob, dataset.task, n_boot=n_boot, seed=seed)
+    point, options = stored_operating_point(meta)
+    metrics = compute_metrics(y.numpy(), prob, dataset.task, n_boot=n_boot, seed=seed, **options)
+    predicted = decided_classes(prob, dataset.task, point, meta["classes"])
+    frame = predictions_frame(split, y.numpy(), prob, meta["classes"], part.id_list(split), predicted)
+    metrics["operating_point"] = point.to_dict(meta["classes"])
+    if dataset.task != "multilabel":
+        metrics["counts"] = {"n": len(y), "per_class": counts([meta["classes"][i] for i in y.tolist()],
+                                                              meta["classes"])}
+        if predicted is not None:
+            metrics["counts"]["predicted"] = counts(predicted, meta["classes"])
+    return metrics, frame
+
+
+def labels_as_model_classes(y, dataset, classes: list[str], data: str):
+    """The labels as indices of the model's classes. An external set may hold only some of them (a
+    folder with no example of a rare class); a class the model does not know is refused."""
+    if dataset.classes == classes:
+        return y
+    unknown = [c for c in dataset.classes if c not in classes]
+    if unknown or dataset.task == "multilabel":
+        raise MedTransferError(f"class mismatch: the model predicts {classes}, {data} has {dataset.classes}")
+    mapping = torch.tensor([classes.index(c) for c in dataset.classes])
+    return mapping[y]
+
+
+def stored_operating_point(meta: dict):
+    """The run's operating point from model.json, as (OperatingPoint, the keyword arguments of
+    compute_metrics). A run older than operating points: 0.5 (argmax), the second class positive, as it
+    was scored then."""
+    classes, task = meta["classes"], meta["task"]
+    block = meta.get("operating_point") or {"rule": parse_rule(None, task),
+                                            "threshold": None if task == "multiclass" else 0.5}
+    point = OperatingPoint.from_dict(block, classes)
+    if task == "binary" and point.positive is None:
+        point.positive = 1
+    options = dict(threshold=point.threshold, positive=point.positive, class_weights=point.class_weights,
+                   classes=classes)
+    return point, options
 
 
 def read_config(run: Path) -> dict:
@@ -77,8 +122,8 @@ def predict(run: str | Path, inputs: str, data_root=None) -> pd.DataFrame:
     model, meta = load_checkpoint(run)
     require_classifier(meta, run)
     warnings: list[str] = []
-    x, ids = read_inputs(meta, inputs, data_root, warnings)
-    return probability_frame(model, meta, x, ids, warnings)
+    x, ids, id_name = read_inputs(meta, inputs, data_root, warnings)
+    return probability_frame(model, meta, x, ids, warnings, id_name)
 
 
 def predict_tensor(run: str | Path, x: torch.Tensor, ids: list[str], warnings: list[str] | None = None) -> pd.DataFrame:
@@ -101,20 +146,28 @@ def predict_frame(run: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
                                f"{meta['input']['modality']} inputs: give image files or a dataset spec")
     warnings: list[str] = []
     x = encode_rows(meta, frame, "the DataFrame", warnings)
-    return probability_frame(model, meta, x, list(frame.index.astype(str)), warnings)
+    ids, id_name = row_ids(meta, frame)
+    return probability_frame(model, meta, x, ids, warnings, id_name)
 
 
-def probability_frame(model, meta: dict, x: torch.Tensor, ids: list[str], warnings: list[str]) -> pd.DataFrame:
-    """One row per input: its id, one probability per class and (single-label) the predicted class;
-    the warnings ride along in `frame.attrs["warnings"]` and are logged."""
+def probability_frame(model, meta: dict, x: torch.Tensor, ids: list[str], warnings: list[str],
+                      id_name: str = "input") -> pd.DataFrame:
+    """One row per input: its id (column `id_name`), one probability per class and (single-label) the
+    class decided at the run's operating point; binary runs also name the positive class and the
+    threshold. The warnings ride along in `frame.attrs["warnings"]` and are logged."""
     check_inputs(model, x)
     classes, task = meta["classes"], meta["task"]
     prob = predict_proba(model, x, task)
     check_probabilities(prob, "these inputs")
     frame = pd.DataFrame(prob, columns=[f"prob_{c}" for c in classes])
-    frame.insert(0, "input", list(ids))
-    if task != "multilabel":
-        frame["predicted"] = [classes[i] for i in prob.argmax(1)]
+    frame.insert(0, id_name, list(ids))
+    point, options = stored_operating_point(meta)
+    predicted = decided_classes(prob, task, point, classes)
+    if predicted is not None:
+        frame["predicted"] = predicted
+    if task == "binary":
+        frame["positive_class"] = classes[point.positive]
+        frame["threshold"] = options["threshold"]
     for warning in warnings:
         log.warning(warning)
     frame.attrs["warnings"] = list(warnings)
@@ -143,11 +196,21 @@ def encode_rows(meta: dict, frame: pd.DataFrame, where: str, warnings: list[str]
     return torch.from_numpy(TabularEncoder.from_dict(meta["encoder"]).transform(frame, where, warnings))
 
 
+def row_ids(meta: dict, frame: pd.DataFrame) -> tuple[list[str], str]:
+    """(an id per row, the id column's name): the run's `--id` column when the table has it (the user's
+    own patient identifiers, kept), else the row number under "input"."""
+    column = meta.get("id_column")
+    if column and column in frame.columns:
+        return list(frame[column].astype(str)), column
+    return list(frame.index.astype(str)), "input"
+
+
 def read_inputs(meta: dict, inputs: str, data_root=None,
-                warnings: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
-    """New inputs as the model's tensors, with an identifier per row. Image files are decoded by the one
-    decoder the training folder went through, to the channels and size the training images had
-    (`data_shape` in model.json), so a file gives the tensor it would have given in training."""
+                warnings: list[str] | None = None) -> tuple[torch.Tensor, list[str], str]:
+    """New inputs as the model's tensors, with an identifier per row and the identifier's column name.
+    Image files are decoded by the one decoder the training folder went through, to the channels and
+    size the training images had (`data_shape` in model.json), so a file gives the tensor it would have
+    given in training."""
     from ..data.folder import decode_images, image_files
     from ..data.tabular import read_csv
 
@@ -157,18 +220,18 @@ def read_inputs(meta: dict, inputs: str, data_root=None,
         if not path.is_file():
             raise MedTransferError(f"CSV file {path} not found")
         frame = read_csv(path)
-        return encode_rows(meta, frame, str(path), warnings), list(frame.index.astype(str))
+        return (encode_rows(meta, frame, str(path), warnings), *row_ids(meta, frame))
     if path.exists() and meta["input"]["modality"] == "image2d":
         files = image_files(path)
         if not files:
             raise MedTransferError(f"no PNG/JPEG/DICOM images in {path}")
         channels, size = decoded_layout(meta)
-        return decode_images(files, size, channels), [str(f) for f in files]
+        return decode_images(files, size, channels), [str(f) for f in files], "input"
     if is_dataset_spec(inputs):
         encoder = TabularEncoder.from_dict(meta["encoder"]) if meta.get("encoder") else None
         dataset = load_dataset(inputs, data_root=data_root, encoder=encoder)
         warnings += dataset.info.get("warnings", [])
-        return dataset.test.x, [f"test/{i}" for i in range(len(dataset.test))]
+        return dataset.test.x, dataset.test.id_list("test"), "input"
     raise MedTransferError(f"cannot predict on {inputs!r}: give a CSV file, an image or folder of images, "
                            "or a dataset such as medmnist:pneumoniamnist")
 

@@ -11,8 +11,11 @@ import numpy as np
 import pandas as pd
 
 from ..data import TaskDataset, apply_budget
+from ..data.positive import Positive, positive_class
 from ..errors import MedTransferError
 from ..evaluation import compute_metrics
+from ..evaluation.calibration import check_calibration
+from ..evaluation.threshold import parse_rule
 from ..models.backbones import Classifier, default_spec, describe
 from ..models.inference import predict_proba
 from ..models.sources import Source, check_compatible
@@ -20,6 +23,7 @@ from ..progress import SILENT
 from ..runs import predictions_frame
 from ..strategies import Strategy, TransferContext, get_strategy
 from ..training.loop import FitResult
+from .operating import Decision, counts, decide, decided_classes, test_warnings
 from .request import TransferRequest
 from .run_folder import RunResult, versions, write_run
 
@@ -30,6 +34,7 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
     """The pipeline from a loaded target on (also how a source dataset is pretrained: scratch, no source)."""
     started = time.perf_counter() if started is None else started
     strategy = strategy or get_strategy(request.strategy)
+    positive = check_target(request, target)
     features = target.info.get("features")
     if source is not None:
         check_compatible(source.model, target.modality, target.in_channels, features)
@@ -44,7 +49,8 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
     ctx = TransferContext(budgeted, config, architecture, spec, source.model if source else None, source_data,
                           source.classes if source else None, unlabelled=target.train.x, progress=request.progress)
     model = strategy.run(ctx)
-    metrics, predictions = evaluate_splits(model, budgeted, request.n_boot, request.seed)
+    decision = decide(model, budgeted, positive, request.threshold, request.calibrate)
+    metrics, predictions, test_notes = evaluate_splits(model, budgeted, request.n_boot, request.seed, decision)
     fit = ctx.fit_result
     metrics["fit"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "val_score": fit.best_score,
                       "seconds": round(fit.seconds, 3)} if fit else {}
@@ -57,14 +63,29 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
         "seed": request.seed, "split_seed": request.split_seed, "backbone": architecture.get("name"),
         "architecture": architecture, "input": spec.to_dict(), "train": asdict(config), "target": loading.target,
         "group": loading.group, "data_root": str(loading.data_root) if loading.data_root else None,
-        "classes": target.classes, "task": target.task, "strategy_notes": ctx.notes, "versions": versions(),
+        "classes": target.classes, "task": target.task, "positive": positive.name if positive else None,
+        "positive_rule": positive.how if positive else None, "threshold": decision.point.rule,
+        "calibrate": request.calibrate, "id_column": loading.id, "drop": list(loading.drop),
+        "strategy_notes": ctx.notes, "versions": versions(),
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    warnings = [*target.info.get("warnings", []), *fit_warnings(fit, source is not None)]
+    warnings = [*target.info.get("warnings", []), *fit_warnings(fit, source is not None), *decision.warnings,
+                *test_notes]
     result = RunResult(model, metrics, predictions, resolved, None, budgeted, warnings)
     if out is not None:
-        write_run(result, out, target, fit.history if fit else [], request.output.weights)
+        write_run(result, out, target, fit.history if fit else [], request.output.weights,
+                  decision.to_model_json(target.classes))
         result.out = out
     return result
+
+
+def check_target(request: TransferRequest, target: TaskDataset) -> Positive | None:
+    """The options that depend on the loaded target's task, checked before any training: the positive
+    class (returned; None unless binary), the threshold rule and the calibration method."""
+    positive = positive_class(target, request.positive, request.data)
+    parse_rule(request.threshold, target.task)
+    check_calibration(request.calibrate, target.task)
+    return positive
 
 
 def fit_warnings(fit: FitResult | None, has_source: bool) -> list[str]:
@@ -98,9 +119,13 @@ def check_probabilities(prob, where: str) -> None:
                                "hold NaN or infinite values; check the inputs, or retrain with a lower learning rate")
 
 
-def evaluate_splits(model: Classifier, budgeted: TaskDataset, n_boot: int, seed: int) -> tuple[dict, pd.DataFrame]:
-    """Metrics with CIs and per-sample predictions on validation, then test (touched once, after selection)."""
-    metrics, frames = {}, []
+def evaluate_splits(model: Classifier, budgeted: TaskDataset, n_boot: int, seed: int,
+                    decision: Decision) -> tuple[dict, pd.DataFrame, list[str]]:
+    """Metrics with CIs and per-sample predictions on validation, then test (touched once, after every
+    choice was made on validation), at the run's operating point with its positive class; and what the
+    test split warns of (one class decided for everyone, too few examples of a class)."""
+    metrics, frames, options = {}, [], decision.metric_options(budgeted.classes)
+    warnings: list[str] = []
     for name in ("val", "test"):
         split = budgeted.split(name)
         if len(split) == 0:  # budget 0: no labelled target validation examples
@@ -108,6 +133,18 @@ def evaluate_splits(model: Classifier, budgeted: TaskDataset, n_boot: int, seed:
             continue
         prob = predict_proba(model, split.x, budgeted.task)
         check_probabilities(prob, f"the {name} split of {budgeted.name}")
-        metrics[name] = compute_metrics(split.y.numpy(), prob, budgeted.task, n_boot=n_boot, seed=seed)
-        frames.append(predictions_frame(name, split.y.numpy(), prob, budgeted.classes))
-    return metrics, pd.concat(frames, ignore_index=True)
+        metrics[name] = compute_metrics(split.y.numpy(), prob, budgeted.task, n_boot=n_boot, seed=seed, **options)
+        predicted = decided_classes(prob, budgeted.task, decision.point, budgeted.classes)
+        frames.append(predictions_frame(name, split.y.numpy(), prob, budgeted.classes, split.id_list(name),
+                                        predicted))
+        if name == "test":
+            warnings = test_warnings(budgeted, predicted, decision)
+            if predicted is not None:
+                metrics["test_counts"] = {"n": len(split),
+                                          "per_class": counts([budgeted.classes[i] for i in split.y.tolist()],
+                                                              budgeted.classes)}
+                metrics["predicted_counts"] = counts(predicted, budgeted.classes)
+    metrics["operating_point"] = decision.point.to_dict(budgeted.classes)
+    if decision.calibration is not None:
+        metrics["calibration"] = decision.calibration
+    return metrics, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), warnings

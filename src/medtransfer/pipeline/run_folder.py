@@ -15,7 +15,8 @@ from ..data import TaskDataset
 from ..errors import MedTransferError
 from ..models.backbones import Classifier
 from ..models.checkpoint import save_checkpoint
-from ..runs import check_writable, commit_dir, default_run_dir, dumps, staging_dir, write_json
+from ..runs import check_writable, commit_dir, default_run_dir, dumps, staging_dir, strict, write_json
+from .model_card import model_card
 from .request import Output
 
 SELF_SUPERVISED_TASK = "self-supervised"  # model.json "task" of an SSL source: no classes, a placeholder head
@@ -49,17 +50,25 @@ def output_dir(output: Output, *default_parts, root: str = "runs") -> Path | Non
     return out
 
 
-def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[dict], weights: bool = True) -> None:
+def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[dict], weights: bool = True,
+              decided: dict | None = None) -> None:
+    """The run folder, staged and swapped in whole. `decided`: model.json's record of what the run chose on
+    validation (positive class, operating point), which `predict` and `evaluate` apply to new data."""
     stage = staging_dir(out)
     encoder = dataset.encoder.to_dict() if dataset.encoder is not None else None
     provenance = {k: result.config[k] for k in ("data", "strategy", "source", "source_description", "budget",
                                                 "n_train_labels", "seed", "versions")}
     provenance["test_metrics"] = {k: v["value"] for k, v in result.metrics["test"].items()}
     data_shape = list(dataset.input_shape) if dataset.modality != "tabular" else None
+    extra = dict(decided or {})
+    if result.config.get("id_column"):
+        extra["id_column"] = result.config["id_column"]
     save_checkpoint(stage, result.model, dataset.task, dataset.classes, encoder, provenance, weights,
-                    data_shape=data_shape)
+                    data_shape=data_shape, extra=extra)
     write_json(stage / "config.json", result.config)
-    write_json(stage / "metrics.json", with_warnings(result.metrics, result.warnings))
+    metrics = with_warnings(result.metrics, result.warnings)
+    write_json(stage / "metrics.json", metrics)
+    (stage / "model_card.md").write_text(model_card(result.config, strict(metrics)), encoding="utf-8")
     result.predictions.to_csv(stage / "predictions.csv", index=False)
     lines = [f"medtransfer {__version__} run: {result.config['strategy']} on {result.config['data']}",
              *(dumps(h) for h in history),

@@ -9,7 +9,7 @@ from ..data import TaskDataset, parse_budget, require_classes
 from ..errors import MedTransferError
 from ..strategies import STRATEGIES, Strategy, get_strategy
 from .request import TransferRequest
-from .run import run_transfer
+from .run import check_target, run_transfer
 from .run_folder import RunResult, output_dir
 from .source import load_source_data, resolve_source, source_encoder
 
@@ -28,6 +28,7 @@ def transfer(request: TransferRequest) -> RunResult:
                                   split_seed=request.split_seed)
     require_classes(target, request.data)
     check_split_seed(request, target)
+    check_target(request, target)  # --positive, --threshold, --calibrate against the task, before any training
     source = resolve_source(request, strategy, target, source_data)
     return run_transfer(request, target, out, strategy, source, source_data, started)
 

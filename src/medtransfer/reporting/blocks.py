@@ -62,8 +62,10 @@ def png(fig, dpi: int = 110) -> str:
 
 
 def metrics_table(metrics: dict, title: str) -> Table:
-    """Metric / value / 95% CI of ``{name: {"value": v, "ci": [lo, hi]}}``, as the CLI prints it."""
-    rows = [[name, f"{m['value']:.4f}", f"[{m['ci'][0]:.4f}, {m['ci'][1]:.4f}]"] for name, m in metrics.items()]
+    """Metric / value / 95% CI of ``{name: {"value": v, "ci": [lo, hi]}}``, as the CLI prints it; entries
+    that are not metrics (the operating point, counts) are left to their own line."""
+    rows = [[name, f"{m['value']:.4f}", f"[{m['ci'][0]:.4f}, {m['ci'][1]:.4f}]"] for name, m in metrics.items()
+            if isinstance(m, dict) and "value" in m]
     return Table(["metric", "value", "95% CI"], rows, title=title)
 
 

@@ -2,11 +2,16 @@
 
 Why one self-contained HTML file: a report gets mailed, archived and opened offline long after the run,
 so every plot is an embedded base64 PNG and nothing is fetched. ``report.md`` carries the same tables
-for diffs and reviews. All numbers are recomputed from the saved per-sample test predictions, so every
-CI is a seeded bootstrap over the *same* test patients for all models of a target (DESIGN.md,
-Evaluation principles): the seed-mean AUC of a method and the paired difference between two methods.
+for diffs and reviews. All numbers are recomputed from the saved per-sample test predictions (only the
+multiclass macro sensitivity/specificity are results.csv's seed means), so every CI is a seeded bootstrap
+over the *same* test patients for all models of a target (DESIGN.md, Evaluation principles): the seed-mean
+AUC of a method, its sensitivity and specificity, and the paired difference between two methods.
 With repeated hold-out (``resplit``: each seed redraws the split) the models of one seed share a test
 split, and each split is resampled on its own.
+
+The method reported at each budget is chosen on *validation* (seed-mean validation AUC, ties broken by
+validation log-loss) and the test split is only reported, once: choosing the test-best of many methods
+would make its test AUC an optimistic, selected number rather than an estimate.
 
 No strategy is named here: which methods are baselines, and which baseline a transfer method is compared
 with, comes from the tags the strategies declare (``strategies/base.py``). A target's part of the report
@@ -26,11 +31,12 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from ..evaluation.metrics import auc_paired_difference, auc_paired_mean_ci, expected_calibration_error
@@ -41,6 +47,11 @@ from .blocks import Block, Bullets, Heading, Paragraph, Plot, Pre, Table, png, t
 # Baselines are drawn in greys and dashes, given out in the order of `baselines()`; transfer methods get colours.
 _BASELINE_STYLES = [("black", "--"), ("dimgrey", "-."), ("grey", ":"), ("saddlebrown", ":"), ("darkgrey", "-.")]
 _CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# results.csv columns that older experiment folders lack: read as empty, reported as "not recorded"
+_NUMBER_COLUMNS = ("val_auc", "val_log_loss", "val_balanced_acc", "threshold", "n_test")
+_TEXT_COLUMNS = ("positive", "threshold_rule", "calibration", "degenerate")  # class names may look like numbers
+NOT_RECORDED = "not recorded"
+FEW = 10  # a test split with fewer examples of a class than this gets a warning
 
 
 # ----------------------------------------------------------------------------- public API
@@ -106,9 +117,8 @@ def is_baseline(strategy: str) -> bool:
 
 @dataclass(frozen=True)
 class Reference:
-    """A kind of baseline the best transfer method is compared with, defined by tags rather than a name."""
+    """A kind of baseline the chosen transfer method is compared with, defined by tags rather than a name."""
     fits: Callable[[type], bool]
-    say_missing: bool  # when no such baseline ran at a budget, say so in the sentence
 
     def matches(self, strategy: str) -> bool:
         return is_baseline(strategy) and self.fits(STRATEGIES[strategy])
@@ -120,11 +130,18 @@ class Reference:
         return "/".join(found) or next((n for n in baselines() if self.matches(n)), "baseline")
 
 
-# (a) no source at all, the same network trained from random weights (today: scratch);
-# (b) the source used without target labels (source-only, source-model).
-NO_SOURCE = Reference(lambda c: not c.needs_source_model and not c.needs_source_data and c.uses_backbone, True)
-NO_TARGET_LABELS = Reference(lambda c: not c.needs_labels, False)
-REFERENCES = (NO_SOURCE, NO_TARGET_LABELS)
+def _sourceless(c) -> bool:
+    return not c.needs_source_model and not c.needs_source_data
+
+
+# No source at all, the same network from random weights (today: scratch); no source and no backbone, a
+# classical model of the labelled target rows (target-only); fitted on the source data and applied without
+# target labels (source-only); the source model applied without target labels (source-model).
+NO_SOURCE = Reference(lambda c: _sourceless(c) and c.uses_backbone)
+TARGET_ONLY = Reference(lambda c: _sourceless(c) and not c.uses_backbone)
+SOURCE_DATA_ONLY = Reference(lambda c: c.needs_source_data and not c.needs_source_model and not c.needs_labels)
+SOURCE_MODEL_ONLY = Reference(lambda c: c.needs_source_model and not c.needs_source_data and not c.needs_labels)
+REFERENCES = (NO_SOURCE, TARGET_ONLY, SOURCE_DATA_ONLY, SOURCE_MODEL_ONLY)
 
 
 def baselines() -> list[str]:
@@ -141,28 +158,44 @@ def _baseline_style(strategy: str) -> tuple[str, str] | None:
 # ----------------------------------------------------------------------------- loading
 
 
+class Predictions(NamedTuple):
+    """The test rows of one cell's predictions.csv, in index order."""
+    y: np.ndarray  # labels: class indices, or (N, L) 0/1 for multilabel
+    prob: np.ndarray
+    classes: list
+    predicted: np.ndarray | None  # class names decided at the run's operating point; None in older folders
+
+
 def _method(strategy: str, source: str) -> str:
     return strategy if source in ("none", "") else f"{strategy} ← {short(source)}"
 
 
-def _read_predictions(path: Path):
-    """Test rows of one predictions.csv, in index order: (labels, probabilities, class names)."""
-    frame = pd.read_csv(path)
+def _read_predictions(path: Path) -> Predictions:
+    """The test rows of a predictions.csv; `predicted` read as text (class names such as "0" stay names)."""
+    frame = pd.read_csv(path, dtype={"predicted": str})
     test = frame[frame["split"] == "test"].sort_values("index")
     prob_cols = [c for c in test.columns if c.startswith("prob_")]
     label_cols = ["label"] if "label" in test.columns else [c for c in test.columns if c.startswith("label_")]
     if test.empty or not prob_cols or not label_cols:
         raise ValueError("no test rows, prob_* or label columns")
     y = test[label_cols].to_numpy()
-    return (y[:, 0] if label_cols == ["label"] else y), test[prob_cols].to_numpy(float), [c[5:] for c in prob_cols]
+    predicted = test["predicted"].to_numpy(object) if "predicted" in test.columns else None
+    return Predictions(y[:, 0] if label_cols == ["label"] else y, test[prob_cols].to_numpy(float),
+                       [c[5:] for c in prob_cols], predicted)
 
 
 def _load(exp: Path):
     """Results rows that have usable test predictions, those predictions by cell, and the failed cells."""
-    res = pd.read_csv(exp / "results.csv", dtype={"cell_id": str, "budget": str, "source": str})
+    res = pd.read_csv(exp / "results.csv", dtype={"cell_id": str, "budget": str, "source": str,
+                                                  **dict.fromkeys(_TEXT_COLUMNS, str)})
     res["source"] = res["source"].fillna("none")
     res["split_seed"] = res.get("split_seed", pd.Series(0, index=res.index)).fillna(0).astype(int)
     res["method"] = [_method(st, so) for st, so in zip(res["strategy"], res["source"])]
+    for name in _NUMBER_COLUMNS + _TEXT_COLUMNS:  # an older results.csv: the column is there, empty
+        if name not in res:
+            res[name] = np.nan
+        elif name in _NUMBER_COLUMNS:
+            res[name] = pd.to_numeric(res[name], errors="coerce")
     preds, failed, keep = {}, [], []
     for _, row in res.iterrows():
         error = row.get("error")  # a cell refused before training or failed while running: the runner's reason
@@ -198,19 +231,52 @@ def _fmt_p(p) -> str:
     return "n/a" if not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _fmt_score(value) -> str:
+    return f"{value:.3f}" if np.isfinite(value) else NOT_RECORDED
+
+
 def _significant(diff) -> bool | None:
     """Whether the 95% CI of a difference excludes zero; None when the CI is undefined."""
     lo, hi = diff["ci"]
     return None if not (np.isfinite(lo) and np.isfinite(hi)) else not lo <= 0 <= hi
 
 
-def _verdict(diff, best) -> str:
+def _verdict(diff, chosen) -> str:
     sig = _significant(diff)
     if sig is None:
         return "the CI is undefined"
     if not sig:
         return "not significant (the 95% CI includes zero)"
-    return f"significant (the 95% CI excludes zero; {best} is {'better' if diff['value'] > 0 else 'worse'})"
+    return f"significant (the 95% CI excludes zero; {chosen} is {'better' if diff['value'] > 0 else 'worse'})"
+
+
+def _seed_mean(values) -> float:
+    """Mean over the seeds that recorded a value; nan when none did."""
+    v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _recorded(values) -> list[str]:
+    """The distinct values a column recorded for some cells, in order (empty, NaN and None are unrecorded)."""
+    return list(dict.fromkeys(str(v) for v in values if not _blank(v)))
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (not isinstance(value, str)
+                                                                                and bool(pd.isna(value)))
+
+
+def _flag(value) -> bool | None:
+    """results.csv's degenerate column (True/False, or the strings a CSV gives back); None when empty."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    return True if text in ("true", "1", "1.0") else False if text in ("false", "0", "0.0") else None
+
+
+def _seeds(seeds) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(int(s)) for s in seeds)
 
 
 # ----------------------------------------------------------------------------- report-wide sections
@@ -226,11 +292,19 @@ def _summary(rows, failed, n_boot, seed) -> list[Block]:
         Paragraph(f"{len(rows) + len(failed)} cells: {len(rows)} with test predictions, {len(failed)} failed or "
                   f"missing. Targets: {', '.join(sorted(rows['target'].unique())) or 'none'}. "
                   f"Seeds: {seeds or 'none'}."),
+        Paragraph("The method reported at each budget is chosen on validation, never on test: the validation-chosen "
+                  "method is the transfer (non-baseline) method with the best seed-mean validation AUC, ties broken "
+                  "by the lower seed-mean validation log-loss; a method without a validation score (budget 0, or "
+                  "older run folders that did not record it) is not chosen. The test split is reported once, for "
+                  "the chosen method and the baselines; the test AUCs of the other methods are shown beside them "
+                  "but choose nothing. Baselines "
+                  f"({', '.join(present) or 'none in this experiment'}) are never chosen."),
         Paragraph(f"AUC is the test-set ROC AUC (macro one-vs-rest for multiclass/multilabel), averaged over seeds. "
                   f"95% CIs are percentile bootstraps over test samples ({n_boot} resamples, seed {seed}), paired: "
-                  "every model of a target is scored on the same resamples. Baselines "
-                  f"({', '.join(present) or 'none in this experiment'}) are excluded when choosing the best method. "
-                  "Differences are 'best minus baseline' in seed-mean AUC with a two-sided bootstrap p-value."),
+                  "every model of a target is scored on the same resamples. Differences are 'chosen minus "
+                  "baseline' in seed-mean test AUC with a two-sided bootstrap p-value. Sensitivity and specificity "
+                  "are those of the test decisions at each run's operating point (its threshold rule, applied on "
+                  "validation, and its positive class)."),
     ]
 
 
@@ -265,13 +339,16 @@ class TargetView:
     target: str
     backbone: str
     task: str
-    y: dict  # test labels per split seed
-    preds: dict  # cell id -> (labels, probabilities, classes)
-    stats: dict  # (method, budget) -> dict(auc, ci, n_labels, cells, seeds, splits, strategy)
+    y: dict  # test labels per split seed (one split for a fixed test set)
+    preds: dict  # cell id -> Predictions
+    stats: dict  # (method, budget) -> dict(auc, ci, val_auc, val_log_loss, n_labels, cells, seeds, splits,
+    #                                      strategy, rows: the cells' results.csv rows in seed order)
     budgets: list
     n_of: dict  # budget -> median number of labels ("" when it has none)
     methods: list  # table order: transfer methods, then baselines
-    best_at: dict  # budget -> the best transfer (non-baseline) method
+    chosen_at: dict  # budget -> the validation-chosen transfer (non-baseline) method
+    classes: list  # the target's class names, as in predictions.csv
+    rows: pd.DataFrame  # the target's paired results.csv rows
     n_boot: int
     seed: int
 
@@ -288,16 +365,16 @@ class TargetView:
 
 
 def _target_section(target, backbone, group, preds, failed, n_boot, seed) -> list[Block]:
-    """Curves, the AUC table, the comparisons and diagnostics for one target (all its backbones)."""
+    """The test split, warnings, curves, tables, comparisons and diagnostics of one target (all its backbones)."""
     view = _target_view(target, backbone, group, preds, failed, n_boot, seed)
     return [Heading(f"{target} · {backbone}")] + [b for section in TARGET_SECTIONS for b in section(view)]
 
 
 def _target_view(target, backbone, group, preds, failed, n_boot, seed) -> TargetView:
     """Pair the cells of a target on their shared test split(s) and bootstrap every (method, budget)."""
-    y, keep = {}, []  # y: test labels per split seed (one split for a fixed test set)
+    y, keep = {}, []
     for split, cells in group.groupby("split_seed"):
-        keys = [(preds[c][0].shape, preds[c][0].tobytes()) for c in cells["cell_id"]]
+        keys = [(preds[c].y.shape, preds[c].y.tobytes()) for c in cells["cell_id"]]
         common = Counter(keys).most_common(1)[0][0]  # the test split that (almost) every cell shares
         for (_, row), key in zip(cells.iterrows(), keys):
             if key != common:
@@ -305,17 +382,19 @@ def _target_view(target, backbone, group, preds, failed, n_boot, seed) -> Target
                                "test labels differ from the target's other cells (not paired); left out"])
             else:
                 keep.append(row["cell_id"])
-        y[split] = preds[cells["cell_id"].iloc[keys.index(common)]][0]
+        y[split] = preds[cells["cell_id"].iloc[keys.index(common)]].y
     group = group[group["cell_id"].isin(keep)]
     task = group["task"].iloc[0]
     stats = {}
     for (method, budget), cells in group.groupby(["method", "budget"], sort=False):
         cells = cells.sort_values("seed")
-        ci = auc_paired_mean_ci(y, [preds[c][1] for c in cells["cell_id"]], n_boot=n_boot, seed=seed, task=task,
+        ci = auc_paired_mean_ci(y, [preds[c].prob for c in cells["cell_id"]], n_boot=n_boot, seed=seed, task=task,
                                 split_of=list(cells["split_seed"]))
-        stats[method, budget] = dict(auc=ci["value"], ci=ci["ci"], n_labels=float(cells["n_labels"].median()),
-                                     cells=list(cells["cell_id"]), seeds=list(cells["seed"]),
-                                     splits=list(cells["split_seed"]), strategy=cells["strategy"].iloc[0])
+        stats[method, budget] = dict(auc=ci["value"], ci=ci["ci"], val_auc=_seed_mean(cells["val_auc"]),
+                                     val_log_loss=_seed_mean(cells["val_log_loss"]),
+                                     n_labels=float(cells["n_labels"].median()), cells=list(cells["cell_id"]),
+                                     seeds=list(cells["seed"]), splits=list(cells["split_seed"]),
+                                     strategy=cells["strategy"].iloc[0], rows=cells)
     labels = group[group["n_labels"] > 0].groupby("budget")["n_labels"].median().sort_values()
     budgets = list(labels.index) + sorted(set(group["budget"]) - set(labels.index))
     strategy_of = {}
@@ -324,108 +403,339 @@ def _target_view(target, backbone, group, preds, failed, n_boot, seed) -> Target
     methods = sorted(strategy_of, key=lambda m: (is_baseline(strategy_of[m]), m))
     return TargetView(target, backbone, task, y, preds, stats, budgets,
                       {b: f"{labels[b]:.0f}" if b in labels else "" for b in budgets}, methods,
-                      _best_at(stats, budgets), n_boot, seed)
+                      _chosen_at(stats, budgets), preds[keep[0]].classes, group, n_boot, seed)
 
 
-def _best_at(stats, budgets) -> dict:
-    """The highest seed-mean AUC among the transfer (non-baseline) methods at each budget that has one."""
-    best = {}
+def _candidates(stats: dict, budget) -> dict:
+    """The transfer (non-baseline) methods at a budget that have a validation score to be chosen by."""
+    return {m: s for (m, b), s in stats.items() if b == budget and not is_baseline(s["strategy"])
+            and np.isfinite(s["val_auc"])}
+
+
+def _choice_key(s: dict, method: str):
+    """Best seed-mean validation AUC first; then the lower validation log-loss (unrecorded: last); then the name,
+    so a full tie is still decided the same way every time. No test number takes part."""
+    loss = s["val_log_loss"]
+    return -s["val_auc"], loss if np.isfinite(loss) else np.inf, method
+
+
+def _chosen_at(stats, budgets) -> dict:
+    """The validation-chosen transfer method at each budget that has a candidate."""
+    chosen = {}
     for b in budgets:
-        cands = {m: s for (m, bb), s in stats.items() if bb == b and not is_baseline(s["strategy"])
-                 and np.isfinite(s["auc"])}
+        cands = _candidates(stats, b)
         if cands:
-            best[b] = max(cands, key=lambda m: cands[m]["auc"])
-    return best
+            chosen[b] = min(cands, key=lambda m: _choice_key(cands[m], m))
+    return chosen
+
+
+# ----------------------------------------------------------------------------- the test split and warnings
+
+
+def _split_positive(view: TargetView, split) -> str | None:
+    """The positive class the runs on a test split recorded, when they agree on one of the target's classes."""
+    names = _recorded(view.rows.loc[view.rows["split_seed"] == split, "positive"])
+    return names[0] if len(names) == 1 and names[0] in view.classes else None
+
+
+def _class_counts(view: TargetView, split) -> list[tuple[str, int]]:
+    """(class, test examples) of a split; for multilabel (label, positive examples)."""
+    y = view.y[split]
+    if view.task == "multilabel":
+        return [(c, int(y[:, k].sum())) for k, c in enumerate(view.classes)]
+    return [(c, int((y == k).sum())) for k, c in enumerate(view.classes)]
+
+
+def _test_splits(view: TargetView) -> list[Block]:
+    """n, the examples of each class and (binary) the prevalence of the positive class, per test split."""
+    binary = view.task == "binary"
+    what = "positive examples of " if view.task == "multilabel" else ""
+    header = ["test split (split_seed)", "n"] + [f"{what}{c}" for c in view.classes]
+    header += ["prevalence of the positive class"] if binary else []
+    rows = []
+    for split, y in sorted(view.y.items()):
+        counts = _class_counts(view, split)
+        line = [str(split), str(len(y))] + [str(n) for _, n in counts]
+        if binary:
+            positive = _split_positive(view, split)
+            share = dict(counts).get(positive, 0) / len(y) if positive else None
+            line.append(f"{share:.1%} ({positive})" if positive else f"{NOT_RECORDED} (no positive class recorded)")
+        rows.append(line)
+    return [Heading("Test split", 3), Table(header, rows)]
+
+
+def _few_examples(view: TargetView) -> list[str]:
+    """A line for every class (multilabel: every label's positives or negatives) with fewer than FEW test examples."""
+    lines = []
+    for split, y in sorted(view.y.items()):
+        for name, n in _class_counts(view, split):
+            kinds = [("positive ", n), ("negative ", len(y) - n)] if view.task == "multilabel" else [("", n)]
+            lines += [f"Test split {split} has only {k} {kind}test examples of {name!r} (fewer than {FEW}): "
+                      f"its sensitivity, specificity and AUC there rest on very few patients."
+                      for kind, k in kinds if k < FEW]
+    return lines
+
+
+def _degenerate(view: TargetView, cell: str, recorded) -> tuple[bool | None, str | None]:
+    """(whether every test decision of a cell fell in one class, that class when known): from results.csv's
+    `degenerate`, else from predictions.csv's `predicted`; (None, None) when neither recorded it."""
+    predicted = view.preds[cell].predicted
+    names = list(dict.fromkeys(v for v in predicted if isinstance(v, str))) if predicted is not None else []
+    flag = _flag(recorded)
+    if flag is None and predicted is not None:
+        flag = len(names) == 1
+    return flag, (names[0] if flag and len(names) == 1 else None)
+
+
+def _degenerate_lines(view: TargetView) -> list[str]:
+    """A warning per method and budget whose test decisions fell in one class in some seed, and a note of how
+    many cells did not record it."""
+    lines, unknown = [], 0
+    for (method, budget), s in view.stats.items():
+        hits, classes = [], set()
+        for cell, seed, recorded in zip(s["cells"], s["seeds"], s["rows"]["degenerate"]):
+            flag, name = _degenerate(view, cell, recorded)
+            unknown += flag is None
+            if flag:
+                hits.append(seed)
+                classes |= {name} if name else set()
+        if hits:
+            into = f" (all {', '.join(sorted(classes))})" if classes else ""
+            lines.append(f"{method} at budget {budget}: every test decision fell in one class{into} in "
+                         f"{_seeds(hits)}, so one of sensitivity and specificity is 0 there; check its threshold "
+                         "rule, calibration and the class balance.")
+    if unknown:
+        lines.append(f"Whether the test decisions fell in one class is {NOT_RECORDED} for {unknown} of "
+                      f"{len(view.rows)} cells (run folders without decided classes).")
+    return lines
+
+
+def _warnings(view: TargetView) -> list[Block]:
+    lines = _few_examples(view) + _degenerate_lines(view)
+    return [Heading("Warnings", 3), Bullets(lines)] if lines else []
+
+
+# ----------------------------------------------------------------------------- tables and comparisons
 
 
 def _curves(view: TargetView) -> list[Block]:
     return [Plot(_curves_png(view), f"Test AUC vs labelled examples, {view.target}")]
 
 
+def _header(view: TargetView) -> list[str]:
+    return ["method", "seeds"] + [f"{b} ({view.n_of[b]} labels)" if view.n_of[b] else b for b in view.budgets]
+
+
+def _seed_counts(view: TargetView, m) -> str:
+    return "–".join(sorted({str(len(view.stats[m, b]["seeds"])) for b in view.budgets if (m, b) in view.stats}))
+
+
+def _validation_table(view: TargetView) -> list[Block]:
+    """What the choice is made on: seed-mean validation AUC (log-loss breaks ties) per method and budget."""
+    stats = view.stats
+    rows = [[m, _seed_counts(view, m)] + [_fmt_score(stats[m, b]["val_auc"]) if (m, b) in stats else ""
+                                          for b in view.budgets] for m in view.methods]
+    return [Heading("Validation AUC, mean over seeds (the choice is made on this)", 3), Table(_header(view), rows)]
+
+
 def _auc_table(view: TargetView) -> list[Block]:
-    stats, budgets = view.stats, view.budgets
-    rows = [[m, "–".join(sorted({str(len(stats[m, b]["seeds"])) for b in budgets if (m, b) in stats}))]
-            + [_fmt(stats[m, b]["auc"], stats[m, b]["ci"]) if (m, b) in stats else "" for b in budgets]
-            for m in view.methods]
-    header = ["method", "seeds"] + [f"{b} ({view.n_of[b]} labels)" if view.n_of[b] else b for b in budgets]
-    return [Heading("Test AUC, mean over seeds [95% CI]", 3), Table(header, rows)]
+    stats = view.stats
+    rows = [[m, _seed_counts(view, m)] + [_fmt(stats[m, b]["auc"], stats[m, b]["ci"]) if (m, b) in stats else ""
+                                          for b in view.budgets] for m in view.methods]
+    return [Heading("Test AUC, mean over seeds [95% CI] (reported, never used to choose)", 3),
+            Table(_header(view), rows)]
 
 
-def _reference(here: dict, best: str, ref: Reference) -> str | None:
-    """The baseline of kind ``ref`` at a budget: the one with the best method's source, else the first."""
+def _reference(here: dict, chosen: str, ref: Reference) -> str | None:
+    """The baseline of kind ``ref`` at a budget: the one with the chosen method's source, else the first."""
     others = [m for m, s in here.items() if ref.matches(s["strategy"])]
-    same_source = [m for m in others if m.partition(" ← ")[2] == best.partition(" ← ")[2]]
+    same_source = [m for m in others if m.partition(" ← ")[2] == chosen.partition(" ← ")[2]]
     return (same_source or others or [None])[0]
 
 
+def _no_choice(view: TargetView, b) -> str:
+    """Why nothing is chosen at a budget."""
+    if not any(bb == b and not is_baseline(s["strategy"]) for (_, bb), s in view.stats.items()):
+        return f"Budget {b}: no transfer (non-baseline) method finished; no comparison."
+    return (f"Budget {b}: no transfer method has a validation score ({NOT_RECORDED}: no labelled validation "
+            "examples at this budget, or run folders that did not save it), so no method is chosen and none is "
+            "compared; the test AUCs above are not used to choose one.")
+
+
+def _tie(view: TargetView, b, chosen: str) -> str:
+    """A note when another candidate had the same validation AUC and the log-loss decided."""
+    cands = _candidates(view.stats, b)
+    tied = [m for m, s in cands.items() if m != chosen and s["val_auc"] == cands[chosen]["val_auc"]]
+    if not tied:
+        return ""
+    return (f"; tied on validation AUC with {', '.join(tied)}, chosen by the lower validation log-loss "
+            f"({_fmt_score(cands[chosen]['val_log_loss'])})")
+
+
+def _missing(names: list[str]) -> str:
+    if len(names) == 1:
+        return f" No {names[0]} cell at this budget, so no comparison against {names[0]}."
+    return (f" No {', '.join(names[:-1])} or {names[-1]} cell at this budget, so no comparison against "
+            "those baselines.")
+
+
 def _comparisons(view: TargetView) -> list[Block]:
-    """Best transfer method per budget and its paired AUC difference against each kind of reference baseline."""
+    """The validation-chosen method per budget and its paired test AUC difference against each reference kind."""
     names = {ref: view.reference_name(ref) for ref in REFERENCES}
     rows, sentences = [], []
     for b in view.budgets:
-        if b not in view.best_at:
-            sentences.append(f"Budget {b}: no transfer (non-baseline) method finished; no comparison.")
+        if b not in view.chosen_at:
+            sentences.append(_no_choice(view, b))
             continue
-        here, best = view.at(b), view.best_at[b]
-        line = [b, view.n_of[b], best, _fmt(here[best]["auc"], here[best]["ci"])]
-        text = f"Budget {b}: best transfer method {best}, AUC {_fmt(here[best]['auc'], here[best]['ci'])}."
+        here, chosen = view.at(b), view.chosen_at[b]
+        s = here[chosen]
+        line = [b, view.n_of[b], chosen, _fmt_score(s["val_auc"]), _fmt_score(s["val_log_loss"]),
+                _fmt(s["auc"], s["ci"])]
+        text = (f"Budget {b}: validation-chosen method {chosen} (validation AUC {_fmt_score(s['val_auc'])}"
+                f"{_tie(view, b, chosen)}), test AUC {_fmt(s['auc'], s['ci'])}.")
+        missing = []
         for ref in REFERENCES:
-            other = _reference(here, best, ref)
+            other = _reference(here, chosen, ref)
             if other is None:
                 line += ["–", "–"]
-                if ref.say_missing:
-                    text += f" No {names[ref]} cell at this budget, so no comparison against {names[ref]}."
+                missing.append(names[ref])
                 continue
-            d = auc_paired_difference(view.y, [view.preds[c][1] for c in here[best]["cells"]],
-                                      [view.preds[c][1] for c in here[other]["cells"]], n_boot=view.n_boot,
-                                      seed=view.seed, task=view.task, split_of_a=here[best]["splits"],
+            d = auc_paired_difference(view.y, [view.preds[c].prob for c in s["cells"]],
+                                      [view.preds[c].prob for c in here[other]["cells"]], n_boot=view.n_boot,
+                                      seed=view.seed, task=view.task, split_of_a=s["splits"],
                                       split_of_b=here[other]["splits"])
             line += [_fmt(d["value"], d["ci"], signed=True) + (" (n.s.)" if _significant(d) is False else ""),
                      _fmt_p(d["p"])]
             text += (f" Against {other}: ΔAUC {_fmt(d['value'], d['ci'], signed=True)}, p = {_fmt_p(d['p'])}, "
-                     f"{_verdict(d, best)}.")
+                     f"{_verdict(d, chosen)}.")
         rows.append(line)
-        sentences.append(text)
-    blocks = [Heading("Best transfer method against the baselines", 3)]
+        sentences.append(text + (_missing(missing) if missing else ""))
+    blocks = [Heading("Validation-chosen method against the baselines (test split, reported once)", 3)]
     if rows:
-        header = ["budget", "labels", "best method", "AUC [95% CI]"]
+        header = ["budget", "labels", "validation-chosen method", "val AUC", "val log-loss", "test AUC [95% CI]"]
         for ref in REFERENCES:
             header += [f"Δ vs {names[ref]} [95% CI]", "p"]
         blocks.append(Table(header, rows))
     return blocks + [Bullets(sentences)]
 
 
-def _diagnostics(view: TargetView) -> list[Block]:
-    """ROC / reliability / confusion figures of the best method at the smallest and the largest budget."""
-    chosen = list(dict.fromkeys(b for b in (view.budgets[0], view.budgets[-1]) if b in view.best_at))
-    if not chosen:
+# ----------------------------------------------------------------------------- the operating point
+
+
+def _rate_mean_ci(parts: list, split_of: list, n_boot: int, seed: int) -> dict:
+    """Seed mean of a rate ``hits / of`` (sensitivity: true positives over positives) with a paired percentile
+    bootstrap over the test patients: the models on one test split share its resamples, and each split is
+    resampled on its own, as the AUC CIs are. ``parts``: per model (hits, of) as 0/1 arrays over its split."""
+    point, boots = 0.0, np.zeros(n_boot)
+    for split in sorted(set(split_of)):
+        members = [part for part, s in zip(parts, split_of) if s == split]
+        hits = np.stack([h for h, _ in members]).astype(float)  # (K, N)
+        of = np.stack([o for _, o in members]).astype(float)
+        share, n = len(members) / len(parts), hits.shape[1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            point += share * float(np.mean(hits.sum(1) / of.sum(1)))
+            rng = np.random.default_rng(seed if split == 0 else [seed, split])
+            step, values = max(1, 4_000_000 // n), []
+            for start in range(0, n_boot, step):
+                b = min(step, n_boot - start)
+                w = np.stack([np.bincount(r, minlength=n) for r in rng.integers(0, n, size=(b, n))]).astype(float)
+                values.append(((w @ hits.T) / (w @ of.T)).mean(axis=1))
+        boots = boots + share * (np.concatenate(values) if values else np.empty(0))
+    finite = boots[np.isfinite(boots)]
+    ci = list(np.percentile(finite, [2.5, 97.5])) if finite.size else [np.nan, np.nan]
+    return {"value": point, "ci": [float(c) for c in ci]}
+
+
+def _binary_rates(view: TargetView, s: dict) -> tuple[str, str]:
+    """Sensitivity and specificity of a method's test decisions (predicted, label, positive class per cell)."""
+    sens, spec = [], []
+    for cell, positive in zip(s["cells"], s["rows"]["positive"]):
+        pred = view.preds[cell]
+        if pred.predicted is None or not isinstance(positive, str) or positive not in pred.classes:
+            return NOT_RECORDED, NOT_RECORDED
+        is_pos, decided = pred.y == pred.classes.index(positive), pred.predicted == positive
+        sens.append((decided & is_pos, is_pos))
+        spec.append((~decided & ~is_pos, ~is_pos))
+    return tuple(_fmt(r["value"], r["ci"]) for r in (_rate_mean_ci(part, s["splits"], view.n_boot, view.seed)
+                                                      for part in (sens, spec)))
+
+
+def _rates(view: TargetView, s: dict) -> tuple[str, str]:
+    if view.task == "binary":
+        return _binary_rates(view, s)
+    if view.task == "multilabel":
+        return "n/a (multilabel)", "n/a (multilabel)"
+    return _macro(s["rows"], "test_sensitivity"), _macro(s["rows"], "test_specificity")
+
+
+def _macro(rows: pd.DataFrame, column: str) -> str:
+    """A multiclass macro rate: the seed mean of results.csv's test column."""
+    mean = _seed_mean(rows[column]) if column in rows else float("nan")
+    return f"{mean:.3f} (macro, seed mean)" if np.isfinite(mean) else NOT_RECORDED
+
+
+def _thresholds(s: dict) -> str:
+    values = pd.to_numeric(s["rows"]["threshold"], errors="coerce").to_numpy(float)
+    if np.isfinite(values).any():
+        return ", ".join(f"{v:.3f}" if np.isfinite(v) else NOT_RECORDED for v in values)
+    return "–" if _recorded(s["rows"]["threshold_rule"]) else NOT_RECORDED
+
+
+def _operating_point(view: TargetView) -> list[Block]:
+    """Sensitivity and specificity of the validation-chosen method at its operating point, and what set it."""
+    rows = []
+    for b, method in view.chosen_at.items():
+        s = view.stats[method, b]
+        positive = (", ".join(_recorded(s["rows"]["positive"])) or NOT_RECORDED) if view.task == "binary" else "–"
+        rows.append([b, method, positive, ", ".join(_recorded(s["rows"]["threshold_rule"])) or NOT_RECORDED,
+                     _thresholds(s), ", ".join(_recorded(s["rows"]["calibration"])) or NOT_RECORDED, *_rates(view, s)])
+    if not rows:
         return []
+    how = ("the seed mean, with a paired percentile bootstrap 95% CI over the test patients, of the classes each "
+           "run decided in predictions.csv" if view.task == "binary" else
+           "macro over the classes, each against the rest: the seed mean of results.csv's test columns, no CI")
+    return [Heading("Operating point of the validation-chosen method", 3),
+            Paragraph(f"Sensitivity and specificity of the test decisions at the operating point each run set on "
+                      f"validation: {how}. Thresholds are listed per seed."),
+            Table(["budget", "method", "positive class", "threshold rule", "threshold", "calibration",
+                   "sensitivity [95% CI]", "specificity [95% CI]"], rows)]
+
+
+def _diagnostics(view: TargetView) -> list[Block]:
+    """ROC / reliability / confusion figures of the validation-chosen method at the smallest and largest budget."""
+    picked = [b for b in view.budgets if b in view.chosen_at]  # budgets without labels come last, never chosen
+    if not picked:
+        return []
+    chosen = list(dict.fromkeys((picked[0], picked[-1])))
     name = view.reference_name(NO_SOURCE)
-    blocks = [Heading("Diagnostics of the best method at the smallest and largest budget", 3),
+    blocks = [Heading("Diagnostics of the validation-chosen method at the smallest and largest budget", 3),
               Paragraph("Each figure uses the predictions of a single model, the lowest seed of that method (seed 0 "
                         f"when present), not a seed ensemble. The ROC panel also shows {name} (its lowest seed) at "
-                        "the same budget when available. Confusion matrices use the argmax class.")]
+                        "the same budget when available. Confusion matrices use the classes each run decided at "
+                        "its operating point (the argmax class for run folders that did not save them).")]
     for b in chosen:
-        method = view.best_at[b]
-        best = view.stats[method, b]
-        split = best["splits"][0]  # the reference is drawn on the same test split
-        refs = [s for s in view.at(b).values() if NO_SOURCE.matches(s["strategy"]) and split in s["splits"]]
+        method = view.chosen_at[b]
+        s = view.stats[method, b]
+        split = s["splits"][0]  # the reference is drawn on the same test split
+        refs = [r for r in view.at(b).values() if NO_SOURCE.matches(r["strategy"]) and split in r["splits"]]
         ref = (refs[0]["strategy"], view.preds[refs[0]["cells"][refs[0]["splits"].index(split)]]) if refs else None
-        image = _diagnostics_png(view.y[split], view.task, view.preds[best["cells"][0]], method, best["strategy"],
-                                 int(best["seeds"][0]), ref, b)
+        image = _diagnostics_png(view.y[split], view.task, view.preds[s["cells"][0]], method, s["strategy"],
+                                 int(s["seeds"][0]), ref, b)
         blocks.append(Plot(image, f"ROC, reliability and confusion matrix of {method} at budget {b}"))
     return blocks
 
 
 # One target's part of the report, in order: a new table or plot is a function of the view and one line here.
-TARGET_SECTIONS = [_curves, _auc_table, _comparisons, _diagnostics]
+TARGET_SECTIONS = [_test_splits, _warnings, _curves, _validation_table, _auc_table, _comparisons, _operating_point,
+                   _diagnostics]
 
 
 # ----------------------------------------------------------------------------- plots
 
 
 def _curves_png(view: TargetView) -> str:
-    """Seed-mean test AUC vs labelled examples (log x), a paired-bootstrap band per method."""
+    """Seed-mean test AUC vs labelled examples, a paired-bootstrap band per method; the budgets' label
+    counts are the x ticks."""
     fig = Figure(figsize=(7.5, 4.2))
     ax = fig.subplots()
     colours = iter(f"C{i}" for i in range(100))
@@ -441,13 +751,27 @@ def _curves_png(view: TargetView) -> str:
         keep = x > 0
         ax.plot(x[keep], v[keep], marker="o", ms=4, label=m, **style)
         ax.fill_between(x[keep], lo[keep], hi[keep], color=style["color"], alpha=0.15, lw=0)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled target examples (log scale)")
+    scale = _label_axis(ax, sorted({s["n_labels"] for s in view.stats.values() if s["n_labels"] > 0}))
+    ax.set_xlabel(f"labelled target examples{scale}")
     ax.set_ylabel("test AUC (mean over seeds)")
     ax.set_title(f"Data efficiency: {view.target} · {view.backbone}", fontsize=11)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3, which="major")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return png(fig)
+
+
+def _label_axis(ax, counts: list) -> str:
+    """Ticks at the budgets' label counts, written as plain numbers, no minor ticks: a log axis when the
+    budgets span a factor 10 or more, else a linear one. Returns the axis label's note on the scale."""
+    if not counts:
+        return ""
+    log = counts[-1] / counts[0] >= 10
+    if log:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(counts))
+    ax.xaxis.set_major_formatter(FixedFormatter([f"{c:g}" for c in counts]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    return " (log scale)" if log else ""
 
 
 def _roc(y, p, task):
@@ -464,13 +788,13 @@ def _roc(y, p, task):
     return grid, np.mean(curves, axis=0)
 
 
-def _diagnostics_png(y, task, pred, method, strategy, seed, reference, budget) -> str:
+def _diagnostics_png(y, task, pred: Predictions, method, strategy, seed, reference, budget) -> str:
     """ROC, reliability diagram and confusion matrix of one model, side by side; ``reference`` is an
-    optional (strategy, predictions) drawn dashed in the ROC panel."""
-    _, p, classes = pred
+    optional (strategy, Predictions) drawn dashed in the ROC panel."""
+    p = pred.prob
     fig = Figure(figsize=(13, 4.3), layout="constrained")
     roc_ax, rel_ax, cm_ax = fig.subplots(1, 3)
-    curves = [(strategy, p, "-")] + ([(reference[0], reference[1][1], "--")] if reference else [])
+    curves = [(strategy, p, "-")] + ([(reference[0], reference[1].prob, "--")] if reference else [])
     for name, probs, style in curves:
         fpr, tpr = _roc(y, probs, task)
         auc = auc_paired_mean_ci(y, [probs], n_boot=0, task=task)["value"]
@@ -479,15 +803,15 @@ def _diagnostics_png(y, task, pred, method, strategy, seed, reference, budget) -
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate",
                title="ROC" + ("" if task == "binary" else " (macro one-vs-rest)"))
     roc_ax.legend(fontsize=8, loc="lower right")
-    _reliability(rel_ax, y, p, task)
-    _confusion(cm_ax, y, p, task, classes)
+    _reliability(rel_ax, y, p, task, pred.classes)
+    _confusion(cm_ax, y, pred, task)
     fig.suptitle(f"{method} · budget {budget} · seed {seed}", fontsize=11)
     return png(fig)
 
 
-def _reliability(ax, y, p, task) -> None:
-    if task == "binary":
-        target, conf, what = y.astype(float), p[:, 1], "predicted probability of the positive class"
+def _reliability(ax, y, p, task, classes) -> None:
+    if task == "binary":  # the second class's probability; the positive class's diagram is its mirror image
+        target, conf, what = y.astype(float), p[:, 1], f"predicted probability of {classes[1]!r}"
     elif task == "multiclass":
         target, conf, what = (p.argmax(1) == y).astype(float), p.max(1), "confidence of the predicted class"
     else:
@@ -504,17 +828,25 @@ def _reliability(ax, y, p, task) -> None:
     ax.legend(fontsize=8, loc="upper left")
 
 
-def _confusion(ax, y, p, task, classes) -> None:
+def _decisions(pred: Predictions) -> tuple[np.ndarray, str]:
+    """Class indices decided at the run's operating point, or the argmax when the folder did not save them."""
+    if pred.predicted is not None and all(v in pred.classes for v in pred.predicted):
+        return np.array([pred.classes.index(v) for v in pred.predicted]), "predicted (operating point)"
+    return pred.prob.argmax(1), "predicted (argmax)"
+
+
+def _confusion(ax, y, pred: Predictions, task) -> None:
     if task == "multilabel":
         ax.axis("off")
         ax.text(0.5, 0.5, "no confusion matrix\nfor multilabel tasks", ha="center", va="center")
         return
-    cm = confusion_matrix(y, p.argmax(1), labels=range(len(classes)))
+    decided, what = _decisions(pred)
+    cm = confusion_matrix(y, decided, labels=range(len(pred.classes)))
     ax.imshow(cm, cmap="Blues")
-    names = [c[:12] for c in classes]
+    names = [c[:12] for c in pred.classes]
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7 if len(names) > 4 else 9)
     ax.set_yticks(range(len(names)), names, fontsize=7 if len(names) > 4 else 9)
     for (i, j), n in np.ndenumerate(cm):
         ax.text(j, i, str(n), ha="center", va="center", fontsize=7 if len(names) > 4 else 10,
                 color="white" if n > cm.max() / 2 else "black")
-    ax.set(xlabel="predicted (argmax)", ylabel="true", title="Confusion matrix")
+    ax.set(xlabel=what, ylabel="true", title="Confusion matrix")

@@ -32,7 +32,7 @@ from ..data.base import Split
 from ..errors import MedTransferError
 from ..models.backbones import Classifier
 from ..training.augment import augment_batch
-from ..training.loop import loss_fn
+from ..training.loop import class_weights, loss_fn
 from .base import Strategy, TransferContext
 from .full import BACKBONE_LR_RATIO
 
@@ -43,12 +43,13 @@ class AdaptationModel(nn.Module):
     weight x alignment(features of x, features of x_target): the training loss, so the whole step
     runs under the loop's precision (Fabric wraps forward)."""
 
-    def __init__(self, classifier: Classifier, alignment: nn.Module, task: str, weight: float = 1.0):
+    def __init__(self, classifier: Classifier, alignment: nn.Module, task: str, weight: float = 1.0,
+                 class_weight: torch.Tensor | None = None):
         super().__init__()
         self.classifier = classifier
         self.alignment = alignment
         self.weight = weight
-        self.criterion = loss_fn(task)
+        self.criterion = loss_fn(task, class_weight)
         self.aligned = learned_features(classifier)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, x_target: torch.Tensor | None = None):
@@ -146,7 +147,8 @@ def adapt(ctx: TransferContext, strategy: str, alignment: nn.Module, weight: flo
     val, selection, keep_initial = selection_split(ctx)
     if hasattr(alignment, "total_steps"):
         alignment.total_steps = total_steps(ctx, len(train))
-    model = AdaptationModel(classifier, alignment, ctx.target.task, weight)
+    model = AdaptationModel(classifier, alignment, ctx.target.task, weight,
+                            class_weights(train.y, ctx.target.task, ctx.config.class_weight, ctx.target.num_outputs))
     lr = ctx.config.lr
     groups = [{"params": classifier.backbone.parameters(), "lr": lr * BACKBONE_LR_RATIO},
               {"params": classifier.head.parameters(), "lr": lr}]

@@ -75,6 +75,7 @@ class TransferContext:
         """A copy of the source model. Its head is kept when the source was trained on the same
         classes (another hospital, same diagnosis), else replaced by a fresh one for the target."""
         model = copy.deepcopy(self.require_source_model(strategy))
+        model.calibration = None  # fitted for the source's own head and data; the run fits its own
         if new_head or self.source_classes != self.target.classes:
             torch.manual_seed(self.config.seed)
             model.reset_head(self.target.num_outputs)
@@ -113,10 +114,13 @@ class Strategy(ABC):
 
 
 def fit_logistic_head(model: Classifier, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-                      val_y: np.ndarray, task: str, seed: int, grid=C_GRID) -> float:
+                      val_y: np.ndarray, task: str, config: TrainConfig, grid=C_GRID) -> float:
     """Fit scikit-learn logistic regression on (standardised) features, C chosen on validation AUC,
-    and write it into the model's linear head. Returns the validation score."""
-    fitted = fit_logistic(train_x, train_y, val_x, val_y, task, model.head.out_features, seed, grid=grid)
+    and write it into the model's linear head. Returns the validation score. The run's seed and
+    `--class-weight` come from `config` (a balanced sampler means balanced weights here: no batches)."""
+    weighting = "balanced" if "balanced" in (config.class_weight, config.sampler) else "none"
+    fitted = fit_logistic(train_x, train_y, val_x, val_y, task, model.head.out_features, config.seed, grid=grid,
+                          class_weight=weighting)
     weight, bias = fitted.folded()  # the standardisation folded into the head
     model.head.weight.data = torch.as_tensor(weight, dtype=torch.float32)
     model.head.bias.data = torch.as_tensor(bias, dtype=torch.float32)

@@ -30,7 +30,7 @@ class TabularBaseline(Strategy):
             raise MedTransferError(f"{self.name} is a tabular baseline; for images use scratch or a transfer strategy")
         model = linear_model(ctx)
         tx, ty, vx, vy = self.rows(ctx)
-        fit_logistic_head(model, tx.numpy(), ty.numpy(), vx.numpy(), vy.numpy(), ctx.target.task, ctx.config.seed)
+        fit_logistic_head(model, tx.numpy(), ty.numpy(), vx.numpy(), vy.numpy(), ctx.target.task, ctx.config)
         return model
 
 

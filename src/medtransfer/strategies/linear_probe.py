@@ -7,7 +7,7 @@ def linear_probe(ctx: TransferContext, strategy: str) -> Classifier:
     model = ctx.target_model(strategy, new_head=True)
     train, val = ctx.target.train, ctx.target.val
     fit_logistic_head(model, extract_features(model, train.x), train.y.numpy(),
-                      extract_features(model, val.x), val.y.numpy(), ctx.target.task, ctx.config.seed)
+                      extract_features(model, val.x), val.y.numpy(), ctx.target.task, ctx.config)
     return model
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from ..data.base import Split
 from ..errors import MedTransferError
 from ..evaluation import selection_score  # noqa: F401 (re-exported: strategies and ssl import it from here)
+from ..evaluation.selection import selection_key
 from ..models.inference import predict_proba
 from ..progress import Progress, as_progress
 from .augment import augment_batch
@@ -45,6 +46,8 @@ class TrainConfig:
     accelerator: str = "auto"  # auto | cpu | cuda | mps
     progress: bool = True
     eval_batch_size: int = 512
+    class_weight: str = "none"  # none | balanced: the loss weighs each class by n / (classes x its count)
+    sampler: str = "none"  # none | balanced: batches drawn with each class equally likely
 
 
 @dataclass
@@ -75,10 +78,46 @@ def make_fabric(accelerator: str = "auto"):
     return Fabric(accelerator=accelerator, devices=1, precision=precision)
 
 
-def loss_fn(task: str) -> Callable:
+IMBALANCE = ("none", "balanced")  # the values of --class-weight and --sampler
+
+
+def loss_fn(task: str, weights: torch.Tensor | None = None) -> Callable:
+    """The task's criterion; `weights` (from `class_weights`): per class (single-label) or the positive
+    weight per label (multilabel)."""
+    if weights is None:
+        if task == "multilabel":
+            return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)
+        return F.cross_entropy
     if task == "multilabel":
-        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)
-    return F.cross_entropy
+        return lambda logits, y: F.binary_cross_entropy_with_logits(
+            logits, y, pos_weight=weights.to(logits.device, logits.dtype))
+    return lambda logits, y: F.cross_entropy(logits, y, weight=weights.to(logits.device, logits.dtype))
+
+
+def class_weights(y: torch.Tensor, task: str, mode: str, n_classes: int | None = None) -> torch.Tensor | None:
+    """Loss weights for `--class-weight balanced` (scikit-learn's rule, n / (classes x count)), so a rare
+    class counts as much as a common one; multilabel: negatives / positives per label. None for "none"."""
+    if mode == "none" or len(y) == 0:
+        return None
+    if task == "multilabel":
+        positives = y.float().sum(0).clamp(min=1)
+        return (len(y) - y.float().sum(0)).clamp(min=1) / positives
+    counts = torch.bincount(y, minlength=n_classes or int(y.max()) + 1).float()
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return weights
+
+
+def epoch_order(y: torch.Tensor, n: int, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """The `n` training indices of one epoch: shuffled passes over the data, or (`--sampler balanced`)
+    drawn with replacement, each class equally likely, so every batch sees the rare class."""
+    if sampler == "balanced":
+        counts = torch.bincount(y)
+        weights = 1.0 / counts[y].double()
+        return torch.multinomial(weights, n, replacement=True, generator=generator)
+    passes = math.ceil(n / len(y))
+    return torch.cat([torch.randperm(len(y), generator=generator) for _ in range(passes)])
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -90,9 +129,9 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-def supervised_loss(task: str, modality: str, augment: bool) -> Callable:
-    """The default batch loss: batched on-device augmentation, then the task's criterion."""
-    criterion = loss_fn(task)
+def supervised_loss(task: str, modality: str, augment: bool, weights: torch.Tensor | None = None) -> Callable:
+    """The default batch loss: batched on-device augmentation, then the task's (weighted) criterion."""
+    criterion = loss_fn(task, weights)
 
     def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, generator: torch.Generator):
         if augment:
@@ -124,22 +163,28 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     model, optimizer = fabric.setup(model, optimizer)
     device = fabric.device
     x_train, y_train = train.x.to(device), train.y.to(device)
-    batch_loss = batch_loss or supervised_loss(task, modality, config.augment)
+    check_imbalance(config, task)
+    batch_loss = batch_loss or supervised_loss(task, modality, config.augment,
+                                               class_weights(train.y, task, config.class_weight))
     batch_size = min(config.batch_size, len(train))
     steps_per_epoch = max(math.ceil(len(train) / batch_size), config.min_steps_per_epoch)
-    passes = math.ceil(steps_per_epoch * batch_size / len(train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch)))
     generator = torch.Generator().manual_seed(config.seed)
 
-    def validate() -> float | None:
+    def validate() -> tuple[float | None, tuple | None]:
+        """(the score shown and logged, the key epochs are compared by). The default key breaks
+        validation-AUC ties by balanced accuracy, then log-loss (`selection_key`), so an epoch that
+        predicts one class for every validation example does not win a tie."""
         if score_fn is not None:
-            return score_fn(model)
-        return selection_score(val.y.numpy(), predict_proba(model, val.x, task, config.eval_batch_size, device), task)
+            score = score_fn(model)
+            return score, None if score is None else (score,)
+        key = selection_key(val.y.numpy(), predict_proba(model, val.x, task, config.eval_batch_size, device), task)
+        return key[0], key
 
     start = time.perf_counter()
     diverged = None  # the epoch whose loss was not finite, when training diverged
-    best_score, best_epoch = validate(), 0
+    (best_score, best_key), best_epoch = validate(), 0
     history = [{"epoch": 0, "val_score": best_score}]
     best_state = copy.deepcopy(model.state_dict()) if keep_initial else None
     if progress is None:
@@ -150,7 +195,7 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
             model.train()
             for module in frozen:  # frozen parts keep their BatchNorm statistics
                 module.eval()
-            order = torch.cat([torch.randperm(len(train), generator=generator) for _ in range(passes)]).to(device)
+            order = epoch_order(train.y, steps_per_epoch * batch_size, config.sampler, generator).to(device)
             total_loss = torch.zeros((), device=device)
             for step in range(steps_per_epoch):
                 index = order[step * batch_size:(step + 1) * batch_size]
@@ -171,10 +216,10 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
                 history.append({"epoch": epoch, "train_loss": mean_loss, "val_score": None})
                 diverged = epoch
                 break
-            score = validate()
+            score, key = validate()
             history.append({"epoch": epoch, "train_loss": mean_loss, "val_score": score})
-            if score is None or best_state is None or score > best_score:
-                best_score, best_epoch = score, epoch
+            if key is None or best_key is None or best_state is None or key > best_key:
+                best_score, best_key, best_epoch = score, key, epoch
                 best_state = copy.deepcopy(model.state_dict())
             bar.update(epoch_text(epoch, config.epochs, mean_loss, score, score_name), advance=1)
             if epoch - best_epoch >= config.patience:
@@ -188,6 +233,17 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
         model.load_state_dict(best_state)
     best_score = float("nan") if best_score is None else best_score
     return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history, diverged)
+
+
+def check_imbalance(config: TrainConfig, task: str) -> None:
+    """The two imbalance options hold one of IMBALANCE; a balanced sampler needs one class per example."""
+    for name, value in (("class_weight", config.class_weight), ("sampler", config.sampler)):
+        if value not in IMBALANCE:
+            raise MedTransferError(f"{name} must be one of {', '.join(IMBALANCE)}, got {value!r} "
+                                   f"(--{name.replace('_', '-')})")
+    if config.sampler == "balanced" and task == "multilabel":
+        raise MedTransferError("--sampler balanced draws examples by class, and a multilabel example has several "
+                               "labels; use --class-weight balanced (a positive weight per label) instead")
 
 
 def epoch_text(epoch: int, epochs: int, loss: float, score: float | None, score_name: str = "val AUC") -> str:

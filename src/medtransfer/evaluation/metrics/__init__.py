@@ -32,15 +32,27 @@ __all__ = [
 # ----------------------------------------------------------------------------- public API
 
 
-def compute_metrics(y_true, prob, task: str, n_boot: int = N_BOOT, seed: int = 0, threshold: float = 0.5) -> dict:
+def compute_metrics(y_true, prob, task: str, n_boot: int = N_BOOT, seed: int = 0, threshold: float = 0.5,
+                    positive: int = 1, class_weights=None, classes=None) -> dict:
     """All metrics for ``task`` as ``{name: {"value": float, "ci": [low, high]}}`` (95% percentile bootstrap).
+
+    Decisions: binary, the class at index ``positive`` (0 or 1) is positive when its probability is
+    >= ``threshold`` (positive=0 flips labels and columns first, so sensitivity, PPV, calibration slope ...
+    are about that class); multiclass, argmax of ``prob * class_weights`` (plain argmax when None), with
+    per-class outputs named after ``classes``; multilabel, each label at ``threshold``. ``threshold`` and
+    ``positive`` may be None (0.5 and 1), as an operating point of another task carries them.
 
     Resamples where a metric is undefined (e.g. one class only, for AUC) are skipped for that metric;
     an undefined value is ``nan`` with ci ``[nan, nan]``. ``n_boot=0`` skips the bootstrap (ci is nan).
     """
     y, p = _validate(y_true, prob, task)
-    point = evaluate(task, np.ones((1, len(y))), y, p, threshold)
-    chunks = [evaluate(task, w, y, p, threshold) for w in _weight_chunks(len(y), n_boot, seed)]
+    threshold = 0.5 if threshold is None else float(threshold)
+    if task == "binary" and _positive_index(positive) == 0:
+        y, p = 1 - y, p[:, ::-1]
+    weights = _class_weights(class_weights, task, p.shape[1])
+    names = _class_names(classes, task, p.shape[1])
+    point = evaluate(task, np.ones((1, len(y))), y, p, threshold, weights, names)
+    chunks = [evaluate(task, w, y, p, threshold, weights, names) for w in _weight_chunks(len(y), n_boot, seed)]
     return {
         name: {
             "value": float(value[0]),
@@ -148,6 +160,37 @@ def _validate(y_true, prob, task):
     if np.abs(p.sum(axis=1) - 1).max() > 1e-3:
         raise ValueError(f"{task}: prob rows must sum to 1 (class probabilities, e.g. after softmax).")
     return y.astype(int), p
+
+
+def _positive_index(positive) -> int:
+    if positive is None:
+        return 1
+    if isinstance(positive, bool) or positive not in (0, 1):
+        raise ValueError(f"binary: positive must be the index 0 or 1 of the positive class, got {positive!r}.")
+    return int(positive)
+
+
+def _class_weights(class_weights, task, c):
+    """None, or the multiclass decision weights as a (C,) array of finite non-negative numbers."""
+    if class_weights is None:
+        return None
+    if task != "multiclass":
+        raise ValueError(f"{task}: class_weights weight the multiclass argmax; a {task} task decides by threshold.")
+    weights = np.asarray(class_weights, dtype=float)
+    if weights.shape != (c,) or not np.isfinite(weights).all() or (weights < 0).any() or not weights.any():
+        raise ValueError(f"multiclass: class_weights must be {c} finite non-negative numbers, not all 0, "
+                         f"got {list(np.ravel(class_weights))}.")
+    return weights
+
+
+def _class_names(classes, task, c):
+    """The class names of a multiclass task (per-class outputs are named after them); ignored otherwise."""
+    if classes is None or task != "multiclass":
+        return None
+    names = [str(name) for name in classes]
+    if len(names) != c:
+        raise ValueError(f"multiclass: {len(names)} class names for {c} probability columns.")
+    return names
 
 
 def _weight_chunks(n, n_boot, seed):

@@ -15,7 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from ...registry import Registry
-from .kernels import _div, _nanmean, _weighted_auc
+from .kernels import _div, _nanmean, _newton, _weighted_auc
 
 TASKS = ("binary", "multiclass", "multilabel")
 
@@ -62,9 +62,13 @@ def metric_functions(task: str) -> list:
     return [(name, fn) for _, name, fn in sorted(found, key=lambda item: item[0])]
 
 
-def evaluate(task: str, w, y, p, threshold: float) -> dict:
-    """Every registered metric of ``task`` for the rows of ``w``: {name: (B,) array}."""
-    context = CONTEXTS[task](w, y, p, threshold)
+def evaluate(task: str, w, y, p, threshold: float, class_weights=None, classes=None) -> dict:
+    """Every registered metric of ``task`` for the rows of ``w``: {name: (B,) array}.
+
+    ``class_weights`` (multiclass): decide by argmax(p * weights). ``classes``: the class names that
+    per-class outputs are named after (their index as text when None).
+    """
+    context = CONTEXTS[task](w, y, p, threshold, class_weights, classes)
     out = {}
     for name, fn in metric_functions(task):
         value = fn(context)
@@ -76,11 +80,20 @@ def evaluate(task: str, w, y, p, threshold: float) -> dict:
 
 
 class Context:
-    """Inputs of one evaluation: w (B, N) multiplicities, labels y, probabilities p (N, C), threshold."""
+    """Inputs of one evaluation: w (B, N) multiplicities, labels y, probabilities p (N, C), threshold,
+    optional class weights of the multiclass decision and the class names."""
     task = ""
 
-    def __init__(self, w, y, p, threshold: float):
+    def __init__(self, w, y, p, threshold: float, class_weights=None, classes=None):
         self.w, self.y, self.p, self.threshold = w, y, p, threshold
+        self.class_weights, self.classes = class_weights, classes
+
+    @cached_property
+    def class_names(self) -> list:
+        """The name of each probability column: ``classes`` as text, else the column index as text."""
+        if self.classes is None:
+            return [str(k) for k in range(self.p.shape[1])]
+        return [str(c) for c in self.classes]
 
     @cached_property
     def n(self):
@@ -89,7 +102,10 @@ class Context:
 
 
 class BinaryContext(Context):
-    """y (N,) in {0, 1}; q = p[:, 1] is the positive-class probability, positive when q >= threshold."""
+    """y (N,) in {0, 1}; q = p[:, 1] is the positive-class probability, positive when q >= threshold.
+
+    A positive class at index 0 is handled before the context: compute_metrics flips labels and columns.
+    """
     task = "binary"
 
     @cached_property
@@ -124,14 +140,25 @@ class BinaryContext(Context):
     def specificity(self):
         return _div(self.tn, self.tn + self.fp)
 
+    @cached_property
+    def recalibration(self):
+        """(intercept, slope) of the logistic recalibration y ~ a + b logit(q), each (B,)."""
+        return _newton(self.w, self.y, self.q, slope=True)
+
 
 class MulticlassContext(Context):
-    """y (N,) class indices; the prediction is the arg-max class; counts are per class, (B, C)."""
+    """y (N,) class indices; the decision is the arg-max class of p, or of p * class_weights when given
+    (a prior-corrected decision); counts are per class, (B, C)."""
     task = "multiclass"
 
     @cached_property
     def pred(self):
-        return self.p.argmax(axis=1)
+        return (self.p if self.class_weights is None else self.p * self.class_weights).argmax(axis=1)
+
+    @cached_property
+    def pred_prob(self):
+        """The probability the model gives its decided class (the top-label confidence), (N,)."""
+        return self.p[np.arange(len(self.p)), self.pred]
 
     @cached_property
     def true1h(self):

@@ -1,11 +1,12 @@
-"""Binary metrics (the positive class is 1; sensitivity and friends at the stated threshold)."""
+"""Binary metrics: sensitivity and friends at the stated threshold, for the positive class (index 1 here:
+compute_metrics flips labels and columns when the positive class is index 0)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .base import register_metric
-from .kernels import _div, _ece, _nanmean, _weighted_auc
+from .kernels import _div, _ece, _log_loss, _nanmean, _newton, _weighted_auc
 
 BINARY = ("binary",)
 
@@ -58,3 +59,26 @@ def brier(c):
 @register_metric("ece", BINARY)
 def ece(c):
     return _ece(c.w, c.y.astype(float), c.q)
+
+
+@register_metric("log_loss", BINARY)
+def log_loss(c):
+    return _log_loss(c.w, c.y, c.q)
+
+
+@register_metric("prevalence", BINARY)
+def prevalence(c):
+    """Share of positives: the base rate that PPV and NPV depend on."""
+    return c.w @ c.y.astype(float) / c.n
+
+
+@register_metric("cal_slope", BINARY)
+def calibration_slope(c):
+    """b of y ~ a + b logit(q): 1 when calibrated, < 1 when overconfident (predictions too extreme)."""
+    return c.recalibration[1]
+
+
+@register_metric("cal_intercept", BINARY)
+def calibration_intercept(c):
+    """a of y ~ a + offset(logit q), calibration-in-the-large: 0 when calibrated, > 0 when risks are too low."""
+    return _newton(c.w, c.y, c.q, slope=False)[0]

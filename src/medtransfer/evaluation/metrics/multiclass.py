@@ -1,9 +1,12 @@
-"""Multi-class metrics: arg-max predictions, macro averages over classes (sklearn's conventions)."""
+"""Multi-class metrics: arg-max decisions (weighted by the class weights when given), macro averages over
+classes (sklearn's conventions), and one-vs-rest rates per class."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from .base import register_metric
-from .kernels import _div, _ece, _nanmean
+from .kernels import _div, _ece, _log_loss, _nanmean
 
 MULTICLASS = ("multiclass",)
 
@@ -35,7 +38,7 @@ def brier(c):
 
 @register_metric("ece", MULTICLASS)
 def ece(c):
-    return _ece(c.w, (c.pred == c.y).astype(float), c.p.max(axis=1))
+    return _ece(c.w, (c.pred == c.y).astype(float), c.pred_prob)
 
 
 @register_metric("sensitivity", MULTICLASS)
@@ -46,3 +49,33 @@ def sensitivity(c):
 @register_metric("specificity", MULTICLASS)
 def specificity(c):
     return _nanmean(_div(c.tn, c.tn + c.fp))
+
+
+@register_metric("log_loss", MULTICLASS)
+def log_loss(c):
+    return _log_loss(c.w, np.ones(len(c.y)), c.p[np.arange(len(c.y)), c.y])
+
+
+def _per_class(c, name, rates):
+    return {f"{name}[{cls}]": rates[:, k] for k, cls in enumerate(c.class_names)}
+
+
+@register_metric("sensitivity_per_class", MULTICLASS)
+def sensitivity_per_class(c):
+    """sensitivity[<class>]: one class against the rest, at the decision."""
+    return _per_class(c, "sensitivity", _div(c.tp, c.tp + c.fn))
+
+
+@register_metric("specificity_per_class", MULTICLASS)
+def specificity_per_class(c):
+    return _per_class(c, "specificity", _div(c.tn, c.tn + c.fp))
+
+
+@register_metric("ppv_per_class", MULTICLASS)
+def ppv_per_class(c):
+    return _per_class(c, "ppv", _div(c.tp, c.tp + c.fp))
+
+
+@register_metric("npv_per_class", MULTICLASS)
+def npv_per_class(c):
+    return _per_class(c, "npv", _div(c.tn, c.tn + c.fn))

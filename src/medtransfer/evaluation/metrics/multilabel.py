@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import register_metric
-from .kernels import _div, _nanmean
+from .kernels import _div, _log_loss, _nanmean
 
 MULTILABEL = ("multilabel",)
 
@@ -26,6 +26,12 @@ def f1(c):
 @register_metric("brier", MULTILABEL)
 def brier(c):
     return (c.w @ (c.p - c.y) ** 2 / c.n).mean(axis=1)
+
+
+@register_metric("log_loss", MULTILABEL)
+def log_loss(c):
+    """Mean over labels of each label's binary log-loss."""
+    return _log_loss(c.w, c.y, c.p).mean(axis=1)
 
 
 @register_metric("auc_per_label", MULTILABEL)
