@@ -102,6 +102,28 @@ CASES = [
     ("shift-site-unknown", ["shift", "--source", "heart:cleveland", "--target", "heart:mars"], "unknown heart site"),
     ("shift-permutations-negative", ["shift", "--source", "heart:cleveland", "--target", "heart:va",
                                      "--permutations", "-1"], "--permutations"),
+    # clinical evaluation options (issue 13): refused before any training, naming the option
+    ("threshold-sens-over-one", [*HUNGARY, "--threshold", "sens=1.5"], "sens=1.5"),
+    ("threshold-spec-zero", [*HUNGARY, "--threshold", "spec=0"], "spec=S needs S between 0 and 1"),
+    ("threshold-one", [*HUNGARY, "--threshold", "1"], "strictly between 0 and 1"),
+    ("threshold-a-word", [*HUNGARY, "--threshold", "best"], "--threshold"),
+    ("threshold-prior-on-binary", [*HUNGARY, "--threshold", "prior"], "binary"),
+    ("threshold-youden-on-multiclass", ["transfer", "--data", "csv:data/patients3.csv", *CSV, "--threshold",
+                                        "youden"], "multiclass"),
+    ("positive-unknown-class", [*HUNGARY, "--positive", "sick"], "not a class of heart:hungary"),
+    ("positive-on-multiclass", ["transfer", "--data", "csv:data/patients3.csv", *CSV, "--positive", "1"],
+     "binary tasks"),
+    ("calibrate-unknown", [*HUNGARY, "--calibrate", "magic"], "--calibrate"),
+    ("calibrate-platt-on-multiclass", ["transfer", "--data", "csv:data/patients3.csv", *CSV, "--calibrate",
+                                       "platt"], "platt"),
+    ("class-weight-unknown", [*HUNGARY, "--class-weight", "heavy"], "--class-weight"),
+    ("sampler-unknown", [*HUNGARY, "--sampler", "random"], "--sampler"),
+    ("id-not-a-column", ["transfer", "--data", "csv:data/patients.csv", *CSV, "--id", "nope"], "nope"),
+    ("drop-not-a-column", ["transfer", "--data", "csv:data/patients.csv", *CSV, "--drop", "nope"], "nope"),
+    ("id-on-heart", [*HUNGARY, "--id", "age"], "--id"),
+    ("csv-identifier-as-feature", ["transfer", "--data", "csv:data/with_ids.csv", *CSV], "--id"),
+    ("yaml-bad-threshold", ["experiment", "yaml/bad_threshold.yaml", "--quiet"], "threshold"),
+    ("evaluate-split-bogus", ["evaluate", "run", "--split", "everything"], "all"),
     # weights and sources
     ("weights-missing", [*TO_HUNGARY, "--strategy", "full", "--source", "weights/missing.safetensors"],
      "missing.safetensors"),
@@ -238,6 +260,7 @@ def write_tables(data: Path) -> None:
     frame.assign(y=np.arange(n) % 3).to_csv(data / "patients3.csv", index=False)
     frame.head(0).to_csv(data / "header_only.csv", index=False)
     frame.assign(y=1).to_csv(data / "one_class.csv", index=False)
+    frame.assign(patient=[f"P{i:04d}" for i in range(n)]).to_csv(data / "with_ids.csv", index=False)
     pd.DataFrame({"height": [170, 180], "weight": [70, 80]}).to_csv(data / "missing_cols.csv", index=False)
 
 
@@ -246,6 +269,7 @@ YAMLS = {
     "exp": "name: exp\ntargets: [heart:hungary]\nstrategies: [target-only]\nbudgets: [all]\nseeds: 1\n",
     "other": "name: other\ntargets: [heart:va]\nstrategies: [target-only]\nbudgets: [10]\n" + SMALL,
     "unparsable": "name: x\ntargets: [heart:va\nstrategies: {\n",
+    "bad_threshold": "name: x\ntargets: [heart:va]\nstrategies: [target-only]\nthreshold: sens=2\n" + SMALL,
     "list": "- heart:va\n- heart:hungary\n",
     "empty": "",
     "unknown_key": "name: x\ntargets: [heart:va]\nstrategies: [target-only]\ncolour: blue\n" + SMALL,

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from test_folder import _dicom as folder_dicom  # the DICOM writer the folder tests use
 
 from medtransfer.data import (LABEL_OPTIONS, Split, TaskDataset, apply_budget, check_options_used, load_dataset,
                               require_classes)
@@ -25,24 +26,8 @@ def _png(path, value=0, size=(4, 4)):
 
 
 def _dicom(path, value=0, patient: str | None = "p0"):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    if patient is not None:
-        ds.PatientID = patient
-    ds.Rows, ds.Columns = 4, 4
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = (np.arange(16, dtype=np.uint16).reshape(4, 4) * (value + 1)).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    """A 4x4 DICOM image whose pixels differ by `value`, with PatientID `patient` (None: no tag)."""
+    folder_dicom(path, np.arange(16).reshape(4, 4) * (value + 1), patient=patient)
 
 
 def _fake_npz(path, image_shape=(28, 28), sizes=(6, 3, 4)):

@@ -23,7 +23,8 @@ def _class_folders(root, counts, size=(8, 8)):
             _png(root / name / f"{i:03d}.png", value=(k * 50 + i) % 256, size=size)
 
 
-def _dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, frames=None):
+def _dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, frames=None, patient=None):
+    """A small DICOM file (16-bit, one frame unless `frames`), with a PatientID when `patient` is given."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -34,6 +35,8 @@ def _dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, fr
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "OT"
+    if patient is not None:
+        ds.PatientID = patient
     ds.Rows, ds.Columns = pixels.shape[-2:]
     if frames:
         ds.NumberOfFrames = frames

@@ -410,10 +410,12 @@ def show_operating_point(point: dict | None, counts: dict | None, why: str | Non
     if point.get("positive") is not None:
         parts.append(f"positive class {point['positive']!r}" + (f" ({why})" if why else ""))
     if point.get("threshold") is not None:
-        how = "chosen on validation" if point.get("chosen_on") == "val" else "fixed"
-        rests = (f", on {point['n_val_positive']} positive and {point['n_val_negative']} negative validation "
-                 "examples") if point.get("chosen_on") == "val" and point.get("n_val_positive") is not None else ""
-        parts.append(f"threshold {point['threshold']:.4g} ({point['rule']}, {how}{rests})")
+        if point.get("chosen_on") == "val":
+            rests = (f", on {point['n_val_positive']} positive and {point['n_val_negative']} negative validation "
+                     "examples") if point.get("n_val_positive") is not None else ""
+            parts.append(f"threshold {point['threshold']:.4g} ({point['rule']}, chosen on validation{rests})")
+        else:
+            parts.append(f"threshold {point['threshold']:.4g} (fixed)")
     else:
         parts.append(f"decision rule {point['rule']}")
     if counts and counts.get("per_class"):

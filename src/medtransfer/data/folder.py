@@ -104,19 +104,8 @@ def load_folder(
     evaluation_only = layout == "split-folders" and not (split_of == "train").any()
 
     x = decode_images(files, image_size, channels)
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    ids = [f.relative_to(root).as_posix() for f in files]
-    splits = {}
-    for name in SPLIT_NAMES:
-        chosen = np.flatnonzero(split_of == name)
-        index = torch.as_tensor(chosen, dtype=torch.long)
-        splits[name] = Split(x[index], y[index], [ids[i] for i in chosen])
-    return TaskDataset(
-        name=f"folder:{root.name}",
-        modality="image2d",
-        task="binary" if len(classes) == 2 else "multiclass",
-        classes=classes,
-        **splits,
+    return image_dataset(
+        f"folder:{root.name}", classes, x, labels, split_of, [f.relative_to(root).as_posix() for f in files],
         info={"source": str(root), "layout": layout, "n_files": len(files),
               "fingerprint": digest("folder", files_digest(files, root), layout, classes, seed, image_size, channels,
                                     val_fraction, test_fraction, *((group,) if group else ())),
@@ -125,6 +114,20 @@ def load_folder(
               **({"group": group} if group else {}),
               **({"split_seed": seed} if layout != "split-folders" else {})},  # the test split was drawn here
     )
+
+
+def image_dataset(name: str, classes: list[str], x: torch.Tensor, labels: np.ndarray, split_of: np.ndarray,
+                  ids: list[str], info: dict) -> TaskDataset:
+    """A 2D image TaskDataset from decoded images, their labels, the split each one is in and its id
+    (the file path): what folder: and manifest: both return."""
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    splits = {}
+    for split in SPLIT_NAMES:
+        chosen = np.flatnonzero(split_of == split)
+        index = torch.as_tensor(chosen, dtype=torch.long)
+        splits[split] = Split(x[index], y[index], [ids[i] for i in chosen])
+    return TaskDataset(name=name, modality="image2d", task="binary" if len(classes) == 2 else "multiclass",
+                       classes=classes, **splits, info=info)
 
 
 # --- layouts ---------------------------------------------------------------------------------

@@ -21,11 +21,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from medtransfer.data.base import Split, TaskDataset
+from medtransfer.data.base import TaskDataset
 from medtransfer.data.fingerprint import digest, file_digest
-from medtransfer.data.folder import SPLIT_NAMES, decode_images, draw_split, keep_split
+from medtransfer.data.folder import SPLIT_NAMES, decode_images, draw_split, image_dataset, keep_split
 from medtransfer.data.schemes import LoadOptions, register_scheme
 from medtransfer.errors import MedTransferError
 
@@ -71,19 +70,8 @@ def load_manifest(path: str | Path, seed: int = 0, label: str | None = None,
                               where=where, source=source, fix=FIX)
         _check_train_classes(labels, classes, split_of, where)
 
-    x = decode_images(files, None, None)
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    splits = {}
-    for name in SPLIT_NAMES:
-        chosen = np.flatnonzero(split_of == name)
-        index = torch.as_tensor(chosen, dtype=torch.long)
-        splits[name] = Split(x[index], y[index], [written[i] for i in chosen])
-    return TaskDataset(
-        name=f"manifest:{csv.name}",
-        modality="image2d",
-        task="binary" if len(classes) == 2 else "multiclass",
-        classes=classes,
-        **splits,
+    return image_dataset(
+        f"manifest:{csv.name}", classes, decode_images(files, None, None), labels, split_of, written,
         info={"source": str(csv.resolve()), "layout": "manifest", "n_files": len(files),
               "fingerprint": digest("manifest", file_digest(csv), _files_digest(written, files), label, patient,
                                     seed if drawn else None),

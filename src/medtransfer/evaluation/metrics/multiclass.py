@@ -56,26 +56,17 @@ def log_loss(c):
     return _log_loss(c.w, np.ones(len(c.y)), c.p[np.arange(len(c.y)), c.y])
 
 
-def _per_class(c, name, rates):
-    return {f"{name}[{cls}]": rates[:, k] for k, cls in enumerate(c.class_names)}
+# One class against the rest, at the (possibly prior-weighted) argmax decision: name -> rate per class, (B, C).
+ONE_VS_REST = {
+    "sensitivity": lambda c: _div(c.tp, c.tp + c.fn),
+    "specificity": lambda c: _div(c.tn, c.tn + c.fp),
+    "ppv": lambda c: _div(c.tp, c.tp + c.fp),
+    "npv": lambda c: _div(c.tn, c.tn + c.fn),
+}
 
 
-@register_metric("sensitivity_per_class", MULTICLASS)
-def sensitivity_per_class(c):
-    """sensitivity[<class>]: one class against the rest, at the decision."""
-    return _per_class(c, "sensitivity", _div(c.tp, c.tp + c.fn))
-
-
-@register_metric("specificity_per_class", MULTICLASS)
-def specificity_per_class(c):
-    return _per_class(c, "specificity", _div(c.tn, c.tn + c.fp))
-
-
-@register_metric("ppv_per_class", MULTICLASS)
-def ppv_per_class(c):
-    return _per_class(c, "ppv", _div(c.tp, c.tp + c.fp))
-
-
-@register_metric("npv_per_class", MULTICLASS)
-def npv_per_class(c):
-    return _per_class(c, "npv", _div(c.tn, c.tn + c.fn))
+@register_metric("per_class", MULTICLASS)
+def per_class(c):
+    """sensitivity[<class>], ... for every class, grouped by rate."""
+    return {f"{name}[{cls}]": rate(c)[:, k] for name, rate in ONE_VS_REST.items()
+            for k, cls in enumerate(c.class_names)}
