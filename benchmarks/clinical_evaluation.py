@@ -31,6 +31,12 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(map(str, row)) + " |")
 
 
+def row_now(row: list) -> list:
+    """Print a row as soon as it is measured (a long run that is stopped keeps what it measured)."""
+    print("  " + " | ".join(map(str, row)), flush=True)
+    return row
+
+
 def test(run, name: str) -> float:
     return run.metrics["test"][name]["value"]
 
@@ -61,10 +67,11 @@ def imbalance_check(args) -> None:
                                 save=False, progress=False, n_boot=0) for s in range(3)]
             at_half = [at_threshold(r, 0.5) for r in runs]
             for label, values in (("0.5", at_half), ("youden", [r.metrics["test"] for r in runs])):
-                rows.append([f"{strategy} ← {source or 'none'}", class_weight, sampler, label,
-                             mean(v["sensitivity"]["value"] for v in values),
-                             mean(v["specificity"]["value"] for v in values),
-                             mean(v["balanced_acc"]["value"] for v in values), mean(test(r, "auc") for r in runs)])
+                rows.append(row_now([f"{strategy} ← {source or 'none'}", class_weight, sampler, label,
+                                     mean(v["sensitivity"]["value"] for v in values),
+                                     mean(v["specificity"]["value"] for v in values),
+                                     mean(v["balanced_acc"]["value"] for v in values),
+                                     mean(test(r, "auc") for r in runs)]))
     table(f"BreastMNIST 10% labels (55), positive class malignant, 3 seeds, {args.breast_epochs} epochs at "
           f"{args.breast_image_size or 'the default'} px",
           ["method", "class weight", "sampler", "threshold", "sensitivity", "specificity", "balanced acc", "AUC"],
@@ -108,7 +115,7 @@ def main() -> None:
     parser.add_argument("--breast-image-size", type=int, default=None, help="default: 64 (128 for ImageNet)")
     parser.add_argument("--heart-strategies", nargs="+", default=["full", "head", "linear-probe", "target-only"])
     args = parser.parse_args()
-    args.breast_methods = [("scratch", None), ("linear-probe", "imagenet:efficientnet_lite0")]
+    args.breast_methods = [("linear-probe", "imagenet:efficientnet_lite0"), ("scratch", None)]
     for name in args.only or CHECKS:
         start = time.perf_counter()
         CHECKS[name](args)

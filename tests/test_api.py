@@ -115,7 +115,7 @@ def test_imagenet_source_transfers_to_pneumonia(medmnist_root):
     assert result.metrics["test"]["auc"]["value"] > 0.8
 
 
-def test_channel_mismatch_is_refused(medmnist_root, tmp_path):
+def test_a_grey_source_is_adapted_to_an_rgb_target(medmnist_root, tmp_path):
     source = mt.transfer("medmnist:breastmnist", "scratch", budget=20, epochs=1, data_root=medmnist_root,
                          out=tmp_path / "gray", progress=False, n_boot=0)
     rgb = tmp_path / "rgb"
@@ -124,5 +124,6 @@ def test_channel_mismatch_is_refused(medmnist_root, tmp_path):
         for i in range(6):
             from PIL import Image
             Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(rgb / cls / f"{i}.png")
-    with pytest.raises(MedTransferError, match="channel mismatch"):
-        mt.transfer(f"folder:{rgb}", "full", source=str(source.out), save=False, progress=False)
+    run = mt.transfer(f"folder:{rgb}", "full", source=str(source.out), epochs=1, save=False, progress=False,
+                      n_boot=0)
+    assert "adapted from 1 to 3" in run.config["source_description"] and run.model.spec.channels == 3

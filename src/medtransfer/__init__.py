@@ -1,7 +1,7 @@
 """medtransfer: transfer learning on medical data, from source model to clinical evaluation."""
 
 __version__ = "0.1.0"
-__all__ = ["pretrain", "transfer", "evaluate", "predict", "shift"]
+__all__ = ["pretrain", "transfer", "evaluate", "predict", "shift", "rank"]
 
 
 def __getattr__(name):  # keep `import medtransfer` light; torch loads on first use

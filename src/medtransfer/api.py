@@ -1,4 +1,4 @@
-"""The Python API: `pretrain`, `transfer`, `evaluate`, `predict`, `shift`, `experiment`, `report`.
+"""The Python API: `pretrain`, `transfer`, `evaluate`, `predict`, `shift`, `rank`, `experiment`, `report`.
 
 A thin door: each function turns its keyword arguments into one typed request and runs the
 pipeline (`medtransfer.pipeline`); the CLI calls these functions and nothing else.
@@ -90,13 +90,15 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
              source_epochs: int | None = None, accelerator: str = "auto", n_boot: int = N_BOOT,
              progress=True, weights: bool = True, positive: str | None = None, threshold=None,
              calibrate: str = "none", class_weight: str | None = None, sampler: str | None = None,
-             id: str | None = None, drop=()) -> RunResult:  # noqa: A002 - `id` is the --id option
+             id: str | None = None, drop=(), layer_decay: float | None = None,  # noqa: A002 - `id` is --id
+             precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None) -> RunResult:
 
     """Move a source model (or none, for `scratch`) to the target dataset `data` with `strategy`,
     using at most `budget` labelled target examples; evaluate on the target's test split.
 
-    `source`: a run folder, a weights file, imagenet:<name>, timm:<name>, or a source dataset
-    (pretrained once per settings, then cached). `split_seed` redraws the target's train/val/test
+    `source`: a run folder, a weights file, imagenet:<name>, timm:<name>, a source dataset
+    (pretrained once per settings, then cached), or multi:<dataset>,<dataset>,... (one backbone with a
+    head per dataset, trained jointly, cached the same way). `split_seed` redraws the target's train/val/test
     split where medtransfer draws it (csv:, heart:, folder: without split folders): repeated hold-out
     for cohorts too small for one fixed test split. `target`/`group`: label and patient columns of a
     csv: table; `id`: its identifier column (kept in predictions, never a feature); `drop`: columns to
@@ -107,7 +109,11 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     declared one, else the class opposite one named like a negative finding, else the second class, with
     a warning); `threshold` the operating point chosen on validation (0.5, a number, "youden", "sens=0.90",
     "spec=0.95"; multiclass "argmax" or "prior"); `calibrate` none / temperature / platt / isotonic,
-    fitted on validation; `class_weight` and `sampler` ("none" / "balanced") for class imbalance."""
+    fitted on validation; `class_weight` and `sampler` ("none" / "balanced") for class imbalance.
+
+    Fine-tuning and speed: `layer_decay` (full, lp-ft, l2-sp: each backbone stage's learning rate is the
+    head's times decay^depth), `precision` ("auto": bf16 autocast on CUDA; "bf16", "fp32"),
+    `channels_last` and `compile` (torch.compile of the training steps, falling back with a warning)."""
     check_options(seed=seed, split_seed=split_seed, budget=budget, image_size=image_size, epochs=epochs, lr=lr,
                   batch_size=batch_size, patience=patience, source_epochs=source_epochs, accelerator=accelerator,
                   n_boot=n_boot)
@@ -116,7 +122,8 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
         data, strategy, source, budget=budget, seed=seed, split_seed=split_seed, backbone=backbone,
         image_size=image_size, source_epochs=source_epochs, positive=positive, threshold=threshold,
         calibrate=calibrate, loading=DataOptions(data_root, target, group, id, drop),
-        training=TrainOptions(epochs, lr, batch_size, patience, augment, class_weight, sampler),
+        training=TrainOptions(epochs, lr, batch_size, patience, augment, class_weight, sampler, layer_decay, precision,
+                              channels_last, compile),
         output=Output(out, overwrite, save, weights), accelerator=accelerator, n_boot=n_boot,
         progress=as_progress(progress)))
 
@@ -139,7 +146,7 @@ def pretrain(data: str | list[str], *, method: str = "supervised", backbone: str
     if ssl_only:
         raise MedTransferError(f"{', '.join(ssl_only)} apply to --method simclr or moco, not supervised")
     train = {k: options.pop(k, None) for k in ("epochs", "lr", "batch_size", "patience", "augment", "class_weight",
-                                               "sampler")}
+                                               "sampler", "layer_decay", "precision", "channels_last", "compile")}
     loading = {k: options.pop(k, None) for k in ("data_root", "target", "group")}
     output = Output(out, overwrite, options.pop("save", True), options.pop("weights", True))
     request = PretrainRequest(data, method, backbone=backbone, seed=seed, image_size=options.pop("image_size", None),
@@ -271,6 +278,96 @@ def shift(source: str, target: str, *, model: str | Path | None = None, out: str
     return pipeline.shift(request, write_report=write_shift_report)
 
 
+def rank(data: str, sources, *, budget=None, seed: int = 0, data_root=None, target: str | None = None,
+         group: str | None = None, image_size: int | None = None, backbone: str | None = None,
+         source_epochs: int | None = None, accelerator: str = "auto", out: str | Path | None = None,
+         overwrite: bool = False, against: str | Path | None = None, progress=True):
+    """Rank candidate `sources` for the target `data` before any fine-tuning: LogME on each source's frozen
+    features of the target's labelled training examples (at most `budget`, drawn with `seed` as `transfer`
+    draws them), and LEEP / NCE where the source has a classifier head with known classes. A source
+    dataset is pretrained once (cached) exactly as `transfer` would; a source that cannot run on the
+    target is listed with its reason. `sources`: a list, or a comma list (a multi: source, whose own list
+    has commas, goes alone in a list item). `against`: an experiment folder; each source's validation-
+    chosen fine-tuned test AUC at this budget is read from its results.csv and Kendall's tau between each
+    score and those AUCs is reported. `out`: a folder for rank.json and rank.md. Returns a `RankResult`
+    (`.scores`, best LogME first; `.against`)."""
+    from .pipeline.rank import RankRequest
+    from .pipeline.rank import rank as run_rank
+
+    check_options(seed=seed, budget=budget, image_size=image_size, source_epochs=source_epochs,
+                  accelerator=accelerator)
+    request = RankRequest(data, source_list(sources), budget=budget, seed=seed,
+                          loading=DataOptions(data_root, target, group), image_size=image_size, backbone=backbone,
+                          source_epochs=source_epochs, accelerator=accelerator, against=against, out=out,
+                          overwrite=overwrite, progress=as_progress(progress))
+    return run_rank(request, write_report=write_rank_report)
+
+
+def source_list(sources) -> list[str]:
+    """Sources as a list: a str or each item of a list is split on commas, except a multi: source (its
+    datasets are comma-separated), which is taken whole."""
+    items = [sources] if isinstance(sources, (str, Path)) else list(sources or [])
+    specs = []
+    for item in items:
+        item = str(item).strip()
+        specs += [item] if item.startswith("multi:") else [s.strip() for s in item.split(",") if s.strip()]
+    return specs
+
+
+def rank_blocks(result) -> list:
+    """What `medtransfer rank` shows and rank.md holds: the table (best LogME first), what the scores
+    are, and Kendall's tau with the grid when ranked --against one. (What each source resolved to, e.g.
+    the cached pretrained model's folder, is in rank.json.)"""
+    from .reporting.blocks import Paragraph, Table
+
+    against = result.against
+    header = ["#", "source", "LogME", "LEEP", "NCE"] + (["grid test AUC (strategy, seeds)"] if against else [])
+    header += ["seconds", "note"]
+    rows = []
+    for i, s in enumerate(result.scores, 1):
+        row = [str(i) if s.refused is None else "-", s.source] + [_score(v) for v in (s.logme, s.leep, s.nce)]
+        if against:
+            row.append("" if s.grid_auc is None else f"{s.grid_auc:.4f} ({s.grid_strategy}, {s.grid_seeds})")
+        row += [f"{s.seconds:.1f}", f"cannot run: {s.refused}" if s.refused else (s.note or "")]
+        rows.append(row)
+    budget = "all" if result.budget is None else result.budget
+    blocks = [Table(header, rows, title=f"sources for {result.data} ({result.task}), scored on {result.n_train} "
+                                        f"labelled training examples (budget {budget}, seed {result.seed})"),
+              Paragraph("Scores of each source's frozen model on the target's labelled training examples, before "
+                        "any fine-tuning; larger is better for all three, and they compare sources for this target "
+                        "only. LogME (You et al. 2021): the log evidence per example of a Bayesian linear model on "
+                        "the features, for every source. LEEP (Nguyen et al. 2020) and NCE (Tran et al. 2019): from "
+                        "the source head's predictions, where the source has a single-label head with known "
+                        "classes. Seconds include pretraining a source dataset that was not cached yet.")]
+    if against:
+        tau_rows = []
+        for name, entry in against["tau"].items():
+            label = {"logme": "LogME", "leep": "LEEP", "nce": "NCE"}[name]
+            tau_rows.append([label, "", "", f"{entry['n']} ({entry['why']})"] if entry["tau"] is None else
+                            [label, f"{entry['tau']:.3f}", f"{entry['p']:.3g}", str(entry["n"])])
+        blocks += [Table(["score", "Kendall's tau with the grid AUC", "p", "sources"], tau_rows,
+                         title=f"against {against['experiment']} (budget {against['budget']})"),
+                   Paragraph("Grid AUC: per source, the transfer (non-baseline) strategy with the best seed-mean "
+                             "validation AUC at this budget, and its seed-mean test AUC, as the experiment report "
+                             "chooses. Kendall's tau (tau-b) between each score and those AUCs, over the sources "
+                             "that have both." + (f" No grid cells for: {', '.join(against['missing'])}."
+                                                  if against["missing"] else ""))]
+    return blocks
+
+
+def _score(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def write_rank_report(result, folder: Path) -> Path:
+    """rank.md in `folder` (rank.json is written by the pipeline)."""
+    from .reporting.blocks import to_markdown
+
+    path = Path(folder) / "rank.md"
+    path.write_text(to_markdown(f"Source ranking for {result.data}", rank_blocks(result)), encoding="utf-8")
+    return path
+
+
 def experiment(config: str | Path, out: str | Path | None = None, jobs: int = 1, data_root: str | None = None,
                progress: bool = True, report: bool = True, console=None, overwrite: bool = False) -> Path:
     """Run (or resume) an experiment grid from its YAML; write results.csv, the MLflow store and
@@ -305,5 +402,5 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
     return write(folder)
 
 
-__all__ = ["pretrain", "pretrain_self_supervised", "transfer", "evaluate", "predict", "shift", "experiment",
+__all__ = ["pretrain", "pretrain_self_supervised", "transfer", "evaluate", "predict", "shift", "rank", "experiment",
            "write_report", "RunResult", "read_meta"]

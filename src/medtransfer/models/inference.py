@@ -4,11 +4,17 @@ Why one helper: evaluation, linear probes, prior-shift correction, shift diagnos
 monitor all run a model over many inputs. Doing it in one place keeps the rules the same everywhere:
 no autograd graph, bounded memory (fixed-size slices), the model in eval mode and its training flag
 restored afterwards, outputs as float32 on the CPU (or kept on the device when the caller computes on).
+
+Backbone features go through the on-disk feature cache (`feature_cache`): a frozen source's features on
+a dataset are computed once and reused by every linear probe, head and ranking that asks again. A model
+whose preprocess and backbone have no trainable parameter (linear-probe, head) is evaluated from those
+cached features too: its logits are its head on them.
 """
 
 from __future__ import annotations
 
 import contextlib
+from itertools import chain
 from typing import Callable
 
 import numpy as np
@@ -16,6 +22,7 @@ import torch
 from torch import nn
 
 from ..defaults import EVAL_BATCH_SIZE
+from . import feature_cache
 
 
 @contextlib.contextmanager
@@ -60,31 +67,61 @@ def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
 
 
+def frozen_backbone(model: nn.Module) -> bool:
+    """Whether the model's preprocess and backbone have parameters and none of them trains (a linear
+    probe, a head on a frozen source): then its features are worth caching for evaluation too. Any
+    other model is evaluated as a whole, with no hashing and nothing written."""
+    if not (feature_cache.cacheable(model) and hasattr(model, "classify")):
+        return False
+    params = list(chain(model.preprocess.parameters(), model.backbone.parameters()))
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def _outputs(model: nn.Module, x: torch.Tensor, fn: Callable, batch_size: int,
+             device: torch.device | str | None) -> torch.Tensor:
+    """fn(logits) for x in eval mode, in batches. A frozen backbone's features come from the feature
+    cache and only the head (and calibration) runs per batch; any other model runs whole."""
+    device = device or device_of(model)
+    with eval_mode(model):
+        if frozen_backbone(model) and feature_cache.enabled():
+            feats = torch.from_numpy(extract_features(model, x, batch_size, device=device))
+            return batched(lambda f: fn(model.classify(f).float()), feats, batch_size, device)
+        return batched(lambda xb: fn(model(xb).float()), x, batch_size, device)
+
+
 def predict_proba(model: nn.Module, x: torch.Tensor, task: str, batch_size: int = EVAL_BATCH_SIZE,
                   device: torch.device | str | None = None) -> np.ndarray:
     """Class (or label) probabilities for a tensor of inputs, in eval mode, in batches.
     The softmax / sigmoid runs per batch on the device, before the copy to the CPU."""
-    device = device or device_of(model)
     if len(x) == 0:
         return np.zeros((0, 0))
-    with eval_mode(model):
-        return batched(lambda xb: probabilities(model(xb).float(), task), x, batch_size, device).numpy()
+    return _outputs(model, x, lambda out: probabilities(out, task), batch_size, device).numpy()
 
 
-def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
-    """Backbone features (`model.features`), float32, in eval mode."""
+def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, cache: bool = True,
+                     device: torch.device | str | None = None) -> np.ndarray:
+    """Backbone features (`model.features`), float32, in eval mode, on `device` (default: the model's).
+    With `cache` (and MEDTRANSFER_FEATURE_CACHE not 0) rows already extracted by this exact model are
+    read from the feature cache and new rows are stored there: the key covers the weights and the input
+    bytes, and extraction is always in eval mode, so a hit is what computing would give."""
     if len(x) == 0:
         return np.zeros((0, model.num_features), np.float32)
-    with eval_mode(model):
-        return batched(model.features, x, batch_size, device_of(model)).numpy()
+    device = device or device_of(model)
+
+    def compute(rows: torch.Tensor) -> np.ndarray:
+        with eval_mode(model):
+            return batched(model.features, rows, batch_size, device).numpy()
+
+    if cache and feature_cache.enabled() and feature_cache.cacheable(model):
+        return feature_cache.cached_features(model, x, compute, device)
+    return compute(x)
 
 
 def logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """Model outputs before the softmax, float32, in eval mode."""
     if len(x) == 0:
         return np.zeros((0, model.head.out_features), np.float32)
-    with eval_mode(model):
-        return batched(model, x, batch_size, device_of(model)).numpy()
+    return _outputs(model, x, lambda out: out, batch_size, None).numpy()
 
 
 def features_and_logits(model: nn.Module, x: torch.Tensor, accelerator: str = "auto",

@@ -4,7 +4,7 @@ source *dataset* (pretrained here first, then cached)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ import torch
 from .. import defaults
 from ..errors import MedTransferError
 from .backbones import DEFAULT_IMAGE_SIZE, Classifier, InputSpec, create_model, describe, pick_size
+from .channels import adapt_channels, adaptation_problem, channels_adaptable
 from .checkpoint import META, load_checkpoint, load_state_strict, read_weights
 from .kinds import KINDS
 
@@ -24,6 +25,7 @@ class Source:
     description: str
     classes: list[str] | None = None  # the source task's classes, when known
     encoder: dict | None = None  # tabular encoding the source was trained with
+    adaptation: str | None = None  # how the source was made to take the target's channels (provenance)
 
 
 def run_folder(spec: str) -> Path | None:
@@ -38,8 +40,16 @@ def run_folder(spec: str) -> Path | None:
 
 def load_source_model(spec: str, modality: str, channels: int, backbone: str | None = None,
                       image_size: int | None = None, n_features: int = 0) -> Source:
-    """A source given as weights (not a dataset) -> a Classifier whose backbone holds them.
+    """A source given as weights (not a dataset) -> a Classifier whose backbone holds them, fitted to
+    the target's `channels` (`fit_source`: grey <-> RGB adapted, an impossible mismatch refused here).
     n_features: the target's encoded table width (tabular), which a bare MLP weights file is built for."""
+    return fit_source(read_source_model(spec, modality, channels, backbone, image_size, n_features),
+                      modality, channels)
+
+
+def read_source_model(spec: str, modality: str, channels: int, backbone: str | None = None,
+                      image_size: int | None = None, n_features: int = 0) -> Source:
+    """The source model as its weights hold it (its own channels)."""
     path = Path(spec).expanduser()
     directory = run_folder(spec)
     if directory is not None:
@@ -112,14 +122,52 @@ def load_weights_file(path: Path, modality: str, channels: int, backbone: str | 
     return model
 
 
-def check_compatible(model: Classifier, modality: str, channels: int, features: list[str] | None) -> None:
-    """Source and target must agree on what goes in: modality, channels, tabular feature encoding."""
+def fit_channels(model: Classifier, channels: int) -> tuple[Classifier, str | None]:
+    """The source model for a target with `channels` channels, and the provenance note (None: nothing
+    to bridge). Grey -> RGB adapts the first convolution (`channels.adapt_channels`). RGB -> grey keeps
+    the model: its preprocess repeats the grey image to three channels, which equals summing the first
+    convolution's weights (timm's rule) and stays exact whatever the source's per-channel mean/std
+    (summing with their mean is not), and the checkpoint still takes RGB images too. Raises
+    MedTransferError with the one-line reason when the channels cannot be bridged."""
+    spec = model.spec
+    if spec.modality == "tabular" or spec.channels == channels:
+        return model, None
+    if spec.channels == 3 and channels == 1:
+        return model, ("grey target images repeated to the source's 3 input channels (equal to summing its first "
+                       "convolution's weights, timm adapt_input_conv)")
+    return adapt_channels(model, channels)
+
+
+def fit_source(source: Source, modality: str, channels: int) -> Source:
+    """`fit_channels` on a Source: the adapted model, the note in `adaptation` and appended to the
+    description (which the run records as provenance). A modality mismatch is left to check_compatible;
+    a Source already fitted is returned as it is."""
+    if source.adaptation is not None or source.model.spec.modality != modality:
+        return source
+    model, note = fit_channels(source.model, channels)
+    if note is None:
+        return source
+    return replace(source, model=model, adaptation=note, description=f"{source.description}; {note}")
+
+
+def check_compatible(model: Classifier, modality: str, channels: int, features: list[str] | None,
+                     adapt: bool = False) -> None:
+    """Source and target must agree on what goes in: modality, channels, tabular feature encoding.
+    Grey images always go into an RGB model (its preprocess repeats them). `adapt=True` (a transfer,
+    which runs `fit_source` before training) accepts any other mismatch `fit_channels` can bridge;
+    `model` may then be anything with a `.spec` (preflight checks a source dataset's spec before
+    pretraining it). Without it (a saved model evaluated on other data) the channels must match."""
     spec = model.spec
     if spec.modality != modality:
         raise MedTransferError(f"source model takes {spec.modality} inputs but the target is {modality}")
-    if modality != "tabular" and channels not in (spec.channels, 1):
-        raise MedTransferError(f"channel mismatch: the source model takes {spec.channels} channels, the target "
-                               f"images have {channels}; use a source trained on {channels}-channel images")
+    if modality != "tabular" and channels != spec.channels and not (spec.channels == 3 and channels == 1):
+        if not adapt:
+            raise MedTransferError(f"channel mismatch: the source model takes {spec.channels} channels, the target "
+                                   f"images have {channels}; use a source trained on {channels}-channel images")
+        reason = (adaptation_problem(model, channels) if isinstance(model, Classifier)
+                  else channels_adaptable(spec.channels, channels, modality))
+        if reason:
+            raise MedTransferError(reason)
     if modality == "tabular" and spec.features and features != spec.features:
         raise MedTransferError("tabular feature mismatch between source and target: encode the target with the "
                                "source's encoding (same columns)")

@@ -18,8 +18,9 @@ from ..errors import MedTransferError
 from ..models.backbones import default_spec, describe
 from ..models.sources import check_compatible, load_source_model
 from ..strategies import STRATEGIES
+from .multi_source import check_multi_strategy, is_multi_source
 from .request import TransferRequest
-from .source import load_source_data, source_encoder
+from .source import load_source_data, multi_source_input, source_encoder
 from .run import check_target
 from .transfer import check_budget, check_split_seed
 
@@ -44,6 +45,8 @@ def check(request: TransferRequest, cache: dict) -> None:
     if strategy.needs_source() and not request.source:
         raise MedTransferError(f"strategy {strategy.name!r} needs --source (a run folder, weights file, imagenet:…, "
                                "timm:… or a source dataset)")
+    if is_multi_source(request.source):
+        check_multi_strategy(strategy, request.source)
     source_data = cached(cache, ("source", request.source, request.loading), lambda: load_source_data(request))
     if source_data is not None:
         require_classes(source_data, request.source)
@@ -86,7 +89,10 @@ def check_source(request: TransferRequest, strategy, target: TaskDataset, source
         if strategy.uses_backbone:
             describe(request.backbone, target.modality, target.in_channels, len(features or []))
         return source_data.classes if source_data is not None else None
-    if source_data is not None:  # pretrained here first: its input spec is known without training it
+    if is_multi_source(request.source):  # its parts pretrained here first, jointly: the spec is known untrained
+        spec, classes = multi_source_input(request, lambda part, options: cached(
+            cache, ("source", part, options), lambda: options.load(part)))
+    elif source_data is not None:  # pretrained here first: its input spec is known without training it
         describe(request.backbone, source_data.modality, source_data.in_channels,
                  len(source_data.info.get("features") or []))
         spec = default_spec(source_data.modality, source_data.in_channels, source_data.info.get("features"),
@@ -100,7 +106,7 @@ def check_source(request: TransferRequest, strategy, target: TaskDataset, source
                                                               request.backbone, request.image_size,
                                                               len(features or [])))
         spec, classes = source.model.spec, source.classes
-    check_compatible(SimpleNamespace(spec=spec), target.modality, target.in_channels, features)  # reads .spec only
+    check_compatible(SimpleNamespace(spec=spec), target.modality, target.in_channels, features, adapt=True)  # .spec
     return classes
 
 

@@ -15,7 +15,7 @@ from ..evaluation.calibration import CALIBRATIONS
 from ..evaluation.threshold import check_rule_syntax
 from ..models.backbones import pick_size
 from ..progress import SILENT, Progress
-from ..training.loop import ACCELERATORS, IMBALANCE, TrainConfig
+from ..training.loop import ACCELERATORS, IMBALANCE, PRECISIONS, TrainConfig
 
 
 def check_int(name: str, value, minimum: int, flag: str | None = None, optional: bool = True) -> None:
@@ -93,6 +93,10 @@ class TrainOptions:
     augment: bool | None = None
     class_weight: str | None = None  # none | balanced (default: none, see defaults.TRAINING)
     sampler: str | None = None  # none | balanced
+    layer_decay: float | None = None  # full / lp-ft / l2-sp: layer-wise learning-rate decay in (0, 1]
+    precision: str | None = None  # auto | bf16 | fp32
+    channels_last: bool | None = None
+    compile: bool | None = None
 
     def __post_init__(self):
         # Checked once, here, for every door (API, CLI, grids): epochs 0 would return the untrained model
@@ -105,6 +109,13 @@ class TrainOptions:
             raise MedTransferError(f"augment must be true or false, got {self.augment!r}")
         check_choice("class_weight", self.class_weight, IMBALANCE, "--class-weight")
         check_choice("sampler", self.sampler, IMBALANCE, "--sampler")
+        check_choice("precision", self.precision, PRECISIONS, "--precision")
+        if self.layer_decay is not None and not (isinstance(self.layer_decay, Real) and not isinstance(
+                self.layer_decay, bool) and 0 < self.layer_decay <= 1):
+            raise MedTransferError(f"layer_decay must be a number in (0, 1], got {self.layer_decay!r} (--layer-decay)")
+        for name in ("channels_last", "compile"):
+            if getattr(self, name) not in (None, True, False):
+                raise MedTransferError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     def config(self, row: str, seed: int, accelerator: str = "auto", progress: bool = True) -> TrainConfig:
         """The loop's settings: the defaults of `row` (a modality, or "ssl") with these overrides."""

@@ -18,7 +18,7 @@ from ..evaluation.calibration import check_calibration
 from ..evaluation.threshold import parse_rule
 from ..models.backbones import Classifier, default_spec, describe
 from ..models.inference import predict_proba
-from ..models.sources import Source, check_compatible
+from ..models.sources import Source, check_compatible, fit_source
 from ..progress import SILENT
 from ..runs import predictions_frame
 from ..strategies import Strategy, TransferContext, get_strategy
@@ -37,6 +37,7 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
     positive = check_target(request, target)
     features = target.info.get("features")
     if source is not None:
+        source = fit_source(source, target.modality, target.in_channels)  # a grey source on RGB images, or back
         check_compatible(source.model, target.modality, target.in_channels, features)
     budgeted = apply_budget(target, request.budget, request.seed)
     if source is not None:

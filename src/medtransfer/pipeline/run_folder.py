@@ -17,6 +17,7 @@ from ..models.backbones import Classifier
 from ..models.checkpoint import save_checkpoint
 from ..runs import check_writable, commit_dir, default_run_dir, dumps, staging_dir, strict, write_json
 from .model_card import model_card
+from .multi_source import MULTI_SOURCE_TASK
 from .request import Output
 
 SELF_SUPERVISED_TASK = "self-supervised"  # model.json "task" of an SSL source: no classes, a placeholder head
@@ -105,3 +106,7 @@ def require_classifier(meta: dict, run: Path) -> None:
     if meta.get("task") == SELF_SUPERVISED_TASK:
         raise MedTransferError(f"{run} is a self-supervised source model (no classifier head): transfer it first, "
                                f"e.g. medtransfer transfer --source {run} --strategy linear-probe --data …")
+    if meta.get("task") == MULTI_SOURCE_TASK:
+        raise MedTransferError(f"{run} is a multi-dataset source model (one head per source dataset, no classifier of "
+                               f"any one task): transfer it first, e.g. medtransfer transfer --source {run} "
+                               "--strategy linear-probe --data …")

@@ -1,5 +1,7 @@
 """A transfer's source, resolved: a source *dataset* (loaded once, pretrained once per settings and
-cached), or weights from anywhere (`models.sources`: a run folder, a weights file, imagenet:, timm:)."""
+cached), several source datasets (`multi:A,B,...`, one head each, pretrained jointly and cached the
+same way: `multi_source.py`), or weights from anywhere (`models.sources`: a run folder, a weights
+file, imagenet:, timm:)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from .. import __version__
 from ..data import TaskDataset, dataset_fingerprint, is_dataset_spec
@@ -18,8 +21,11 @@ from ..models.sources import Source, load_source_model, run_folder
 from ..runs import check_writable
 from ..strategies import Strategy
 from ..training.loop import resolve_accelerator
+from .multi_source import MultiSource, cache_settings, check_multi_strategy, is_multi_source, load_multi_source, \
+    write_multi_source
 from .request import DataOptions, Output, TrainOptions, TransferRequest
 from .run import run_transfer  # a source dataset is pretrained by the same pipeline
+from .run_folder import versions
 
 
 def cache_dir() -> Path:
@@ -47,6 +53,8 @@ def resolve_source(request: TransferRequest, strategy: Strategy, target: TaskDat
     """The source model, or None (no --source, or a source dataset for a strategy that needs no model)."""
     if not request.source:
         return None
+    if is_multi_source(request.source):
+        return multi_source(request, strategy)
     if source_data is None:
         return load_source_model(request.source, target.modality, target.in_channels, request.backbone,
                                  request.image_size, len(target.info.get("features") or []))
@@ -55,6 +63,26 @@ def resolve_source(request: TransferRequest, strategy: Strategy, target: TaskDat
     folder = pretrained_source(request, source_data)
     model, meta = load_checkpoint(folder)
     return Source(model, f"pretrained on {request.source} ({folder})", meta["classes"], meta.get("encoder"))
+
+
+def multi_source(request: TransferRequest, strategy: Strategy) -> Source | None:
+    """The model pretrained on every part of a multi: source (once, cached), or None for a strategy
+    that needs no source model; a strategy that needs one labelled source dataset, or the source's own
+    classifier, is refused before anything is loaded."""
+    check_multi_strategy(strategy, request.source)
+    if not strategy.needs_source_model:
+        return None
+    folder = pretrained_multi_source(request, load_multi_source(request.source, request.loading))
+    model, meta = load_checkpoint(folder)
+    return Source(model, f"pretrained on {request.source} ({folder})", meta["classes"])
+
+
+def multi_source_input(request: TransferRequest, load: Callable | None = None) -> tuple:
+    """(the input spec, the classes) of the model a multi: source pretrains to, without training it:
+    what preflight checks a target against. `load(part, options)` loads a part (default: no cache)."""
+    multi = load_multi_source(request.source, request.loading, load)
+    multi.architecture(request.backbone)  # an unknown --backbone is refused here too
+    return multi.input_spec(request.image_size), multi.classes
 
 
 def source_cache_key(request: TransferRequest, source_data: TaskDataset) -> str:
@@ -83,10 +111,38 @@ def source_loading(request: TransferRequest) -> DataOptions:
     return request.loading.used_by(request.source)
 
 
+def multi_source_cache_key(request: TransferRequest, multi: MultiSource) -> str:
+    """`source_cache_key` for a multi: source: every part's content (fingerprint), task, classes and
+    label options, the architecture, the input spec, the training settings, the device kind, the
+    method and the package version."""
+    key = dict(cache_settings(request, multi), version=__version__)
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def pretrained_source(request: TransferRequest, source_data: TaskDataset) -> Path:
     """Pretrain on the source dataset once per (content, architecture, settings); later calls reuse it
-    (see `source_cache_key`). The cache folder is checked writable before the pretraining starts."""
-    folder = cache_dir() / "sources" / source_cache_key(request, source_data)
+    (see `source_cache_key`)."""
+    def pretrain(folder: Path) -> None:
+        single = TransferRequest(request.source, "scratch", backbone=request.backbone,
+                                 image_size=request.image_size, loading=source_loading(request),
+                                 training=TrainOptions(epochs=request.source_epochs),
+                                 output=Output(folder, overwrite=True), accelerator=request.accelerator,
+                                 progress=request.progress)
+        run_transfer(single, source_data, out=folder)
+    return cached_pretraining(source_cache_key(request, source_data), pretrain)
+
+
+def pretrained_multi_source(request: TransferRequest, multi: MultiSource) -> Path:
+    """Pretrain on every part of a multi: source once per (contents, architecture, settings); later calls
+    reuse it (see `multi_source_cache_key`)."""
+    return cached_pretraining(multi_source_cache_key(request, multi),
+                              lambda folder: write_multi_source(request, multi, folder, versions()))
+
+
+def cached_pretraining(key: str, pretrain: Callable[[Path], None]) -> Path:
+    """The cache folder of `key`, written by `pretrain(folder)` when it holds no model yet. The folder is
+    checked writable before the pretraining starts."""
+    folder = cache_dir() / "sources" / key
     if (folder / "model.json").is_file():
         return folder
     check_writable(folder, overwrite=True)
@@ -97,10 +153,5 @@ def pretrained_source(request: TransferRequest, source_data: TaskDataset) -> Pat
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not (folder / "model.json").is_file():
-            pretrain = TransferRequest(request.source, "scratch", backbone=request.backbone,
-                                       image_size=request.image_size, loading=source_loading(request),
-                                       training=TrainOptions(epochs=request.source_epochs),
-                                       output=Output(folder, overwrite=True), accelerator=request.accelerator,
-                                       progress=request.progress)
-            run_transfer(pretrain, source_data, out=folder)
+            pretrain(folder)
     return folder

@@ -1,6 +1,6 @@
 from ..models.backbones import Classifier
 from .base import Strategy, TransferContext, register
-from .full import BACKBONE_LR_RATIO, fine_tune_all
+from .full import BACKBONE_LR_RATIO, fine_tune_all, layer_decay
 from .linear_probe import linear_probe
 
 
@@ -11,5 +11,7 @@ class LinearProbeThenFineTune(Strategy):
 
     def run(self, ctx: TransferContext) -> Classifier:
         model = linear_probe(ctx, self.name)
-        # The head already fits: move it no faster than the backbone, so features are not distorted.
-        return fine_tune_all(ctx, model, head_lr_ratio=BACKBONE_LR_RATIO)
+        # The head already fits: move it no faster than the backbone's top stage (flat rule: the whole
+        # backbone's rate; layer-wise decay: the rate of the stage under the head), so features are not distorted.
+        decay = layer_decay(ctx.config)
+        return fine_tune_all(ctx, model, head_lr_ratio=BACKBONE_LR_RATIO if decay is None else decay)

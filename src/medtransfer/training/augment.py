@@ -9,12 +9,21 @@ import torch
 import torch.nn.functional as F
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (random draws from a CPU generator, so a seed gives the same augmentation on
+    every device) onto `device` without a host sync: a plain copy to CUDA waits for the GPU to finish
+    its queued work, once per step; a pinned, non-blocking copy does not."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def random_affine(x: torch.Tensor, generator: torch.Generator | None = None, degrees: float = 10.0,
                   translate: float = 0.08, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
     """Small rotations, shifts and zooms: plausible for X-ray, CT and ultrasound; no flips (anatomy
     has a side) and no colour changes. One affine_grid + grid_sample for the whole 2D batch."""
     n = x.shape[0]
-    rand = torch.rand(n, 4, generator=generator, device="cpu").to(x.device)
+    rand = to_device(torch.rand(n, 4, generator=generator, device="cpu"), x.device)
     angle = (rand[:, 0] * 2 - 1) * math.radians(degrees)
     zoom = scale[0] + rand[:, 1] * (scale[1] - scale[0])
     shift = (rand[:, 2:] * 2 - 1) * translate * 2  # grid coordinates span [-1, 1]
@@ -106,7 +115,7 @@ def random_view(x: torch.Tensor, generator: torch.Generator | None = None,
     """One random view of every image of a 2D batch (N, C, H, W) in [0, 1]; values stay in [0, 1]."""
     n, c = x.shape[:2]
     size = (config.size, config.size) if config.size else tuple(x.shape[2:])
-    rand = torch.rand(n, 14, generator=generator, device="cpu").to(x.device, x.dtype)
+    rand = to_device(torch.rand(n, 14, generator=generator, device="cpu"), x.device).to(x.dtype)
     # geometry: crop of area fraction s and aspect r, inside the image, rotated and flipped
     area = _uniform(rand[:, 0], config.crop_scale)
     log_ratio = _uniform(rand[:, 1], (math.log(config.ratio[0]), math.log(config.ratio[1])))

@@ -6,6 +6,10 @@ seeded tensor-slice batches, warm-up + cosine learning rate, early stopping on v
 the best weights restored. The validation score is also taken before the first step, so a transfer
 that only makes the source model worse ends where it started.
 
+On a GPU the steps run without a host sync (data and class weights live on the device, the loss is
+read once per epoch), in bf16 autocast, and optionally in the channels_last layout and under
+torch.compile (TrainConfig.channels_last / .compile; `benchmarks/gpu_throughput.py` measures them).
+
 Self-supervised pretraining (medtransfer.ssl) runs through the same loop: a method supplies its own
 `batch_loss` (two augmented views -> contrastive loss), `score_fn` (a k-NN monitor, or None for
 "no labels: keep the last epoch") and `after_step` (the MoCo momentum update).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,6 +53,10 @@ class TrainConfig:
     eval_batch_size: int = 512
     class_weight: str = "none"  # none | balanced: the loss weighs each class by n / (classes x its count)
     sampler: str = "none"  # none | balanced: batches drawn with each class equally likely
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+    channels_last: bool = False  # 2D images and conv weights in NHWC (tensor-core friendly on CUDA)
+    compile: bool = False  # torch.compile the model for the training steps (falls back with a warning)
+    layer_decay: float | None = None  # full / lp-ft / l2-sp: stage lr = lr x decay^depth (None: the strategy's rule)
 
 
 @dataclass
@@ -58,6 +67,7 @@ class FitResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     diverged_epoch: int | None = None  # training stopped here: the loss was not finite (best earlier epoch kept)
+    compiled: bool = False  # every training step ran under torch.compile (False: off, or it fell back)
 
 
 ACCELERATORS = ("cpu", "cuda", "mps")  # besides "auto"
@@ -70,12 +80,72 @@ def resolve_accelerator(accelerator: str = "auto") -> str:
     return accelerator
 
 
-def make_fabric(accelerator: str = "auto"):
+PRECISIONS = ("auto", "bf16", "fp32")  # the values of TrainConfig.precision
+
+
+def make_fabric(accelerator: str = "auto", precision: str = "auto"):
+    """Fabric on one device; "auto" precision is bf16 autocast on CUDA (tensor cores, no loss scaling
+    needed) and fp32 elsewhere, where bf16 autocast is slower than fp32 on most CPUs."""
     from lightning_fabric import Fabric
 
+    if precision not in PRECISIONS:
+        raise MedTransferError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r} (--precision)")
     accelerator = resolve_accelerator(accelerator)
-    precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
-    return Fabric(accelerator=accelerator, devices=1, precision=precision)
+    bf16 = precision == "bf16" or (precision == "auto" and accelerator == "cuda")
+    return Fabric(accelerator=accelerator, devices=1, precision="bf16-mixed" if bf16 else "32-true")
+
+
+class StepCompiler:
+    """torch.compile for the training steps only, undone when `fit` returns.
+
+    Why this shape: the model's own call is compiled in place (`nn.Module.compile`), inside Fabric's
+    autocast, so every batch loss that calls `model(...)` (supervised, SSL pairs, adaptation) runs
+    compiled and state_dict keys stay as they are (no `_orig_mod.` prefix in checkpoints). Validation
+    runs eagerly: eval mode, no_grad and its last short batch would each cost a recompile. Compilation
+    happens at the first step (Dynamo is lazy), so a failure there or at any later recompile switches
+    compile off with one warning and the step is redone eagerly: a run never dies of compile. The switch
+    is nn.Module's `_compiled_call_impl`, what `nn.Module.compile` sets (torch >= 2.2, as pinned).
+    """
+
+    def __init__(self, module: nn.Module, enabled: bool):
+        self.module, self.fn = module, None
+        self.previous = module._compiled_call_impl  # a caller's own compile, restored on removal
+        if enabled:
+            try:
+                module.compile()
+                self.fn = module._compiled_call_impl
+            except Exception as exc:  # no Dynamo for this Python / platform
+                self.fall_back(exc)
+            finally:
+                self.remove()  # on only inside the steps (`with compiler:`)
+
+    @property
+    def active(self) -> bool:
+        return self.fn is not None
+
+    def __enter__(self) -> "StepCompiler":
+        if self.fn is not None:
+            self.module._compiled_call_impl = self.fn
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """The model's call as it was before `fit` (eager, or the caller's own compile)."""
+        self.module._compiled_call_impl = self.previous
+
+    def off(self) -> None:
+        """Compile off for the rest of the run."""
+        self.fn = None
+        self.remove()
+
+    def fall_back(self, exc: BaseException) -> None:
+        """Compile off, said in one line."""
+        self.off()
+        detail = " ".join(str(exc).split())[:200] or "no message"
+        warnings.warn(f"torch.compile failed ({type(exc).__name__}: {detail}); training continues without it",
+                      RuntimeWarning, stacklevel=2)
 
 
 IMBALANCE = ("none", "balanced")  # the values of --class-weight and --sampler
@@ -158,14 +228,21 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     if config.batch_size < 1:  # the pipeline refuses it up front (TrainOptions); this guards direct callers
         raise MedTransferError(f"batch size must be at least 1, got {config.batch_size} (--batch-size)")
     torch.manual_seed(config.seed)
-    fabric = make_fabric(config.accelerator)
+    fabric = make_fabric(config.accelerator, config.precision)
+    channels_last = config.channels_last and train.x.ndim == 4  # NHWC is a 2D-image layout
+    if channels_last:  # before the optimizer: parameters keep their identity, only their layout changes
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
+    module = model  # the unwrapped model: compile and the layout are undone on it at the end
     model, optimizer = fabric.setup(model, optimizer)
     device = fabric.device
     x_train, y_train = train.x.to(device), train.y.to(device)
+    if channels_last:
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
     check_imbalance(config, task)
-    batch_loss = batch_loss or supervised_loss(task, modality, config.augment,
-                                               class_weights(train.y, task, config.class_weight))
+    if batch_loss is None:
+        weights = class_weights(train.y, task, config.class_weight)  # moved once: a copy per step would sync
+        batch_loss = supervised_loss(task, modality, config.augment, None if weights is None else weights.to(device))
     batch_size = min(config.batch_size, len(train))
     steps_per_epoch = max(math.ceil(len(train) / batch_size), config.min_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
@@ -182,6 +259,14 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
         key = selection_key(val.y.numpy(), predict_proba(model, val.x, task, config.eval_batch_size, device), task)
         return key[0], key
 
+    def train_step(index: torch.Tensor) -> torch.Tensor:
+        loss = batch_loss(model, x_train[index], y_train[index], generator)
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        optimizer.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        return loss
+
     start = time.perf_counter()
     diverged = None  # the epoch whose loss was not finite, when training diverged
     (best_score, best_key), best_epoch = validate(), 0
@@ -189,28 +274,34 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     best_state = copy.deepcopy(model.state_dict()) if keep_initial else None
     if progress is None:
         progress = as_progress(config.progress)
+    compiler = StepCompiler(module, config.compile)  # before the bar: a fall-back warning is not drawn over
     bar = progress.start(epoch_text(0, config.epochs, float("nan"), best_score, score_name), total=config.epochs)
     try:
         for epoch in range(1, config.epochs + 1):
             model.train()
-            for module in frozen:  # frozen parts keep their BatchNorm statistics
-                module.eval()
+            for part in frozen:  # frozen parts keep their BatchNorm statistics
+                part.eval()
             order = epoch_order(train.y, steps_per_epoch * batch_size, config.sampler, generator).to(device)
             total_loss = torch.zeros((), device=device)
-            for step in range(steps_per_epoch):
-                index = order[step * batch_size:(step + 1) * batch_size]
-                if len(index) < 2 and len(train) > 1:
-                    continue  # a batch of one breaks BatchNorm and adds nothing
-                loss = batch_loss(model, x_train[index], y_train[index], generator)
-                if extra_loss is not None:
-                    loss = loss + extra_loss()
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                if after_step is not None:
-                    after_step(model)
-                total_loss += loss.detach()
+            # no host sync inside the steps: the loss is summed on the device and read once per epoch
+            with compiler:
+                for step in range(steps_per_epoch):
+                    index = order[step * batch_size:(step + 1) * batch_size]
+                    if len(index) < 2 and len(train) > 1:
+                        continue  # a batch of one breaks BatchNorm and adds nothing
+                    try:
+                        loss = train_step(index)
+                    except Exception as exc:
+                        if not compiler.active:
+                            raise
+                        compiler.off()  # the step again, eagerly (the optimizer has not stepped yet); an
+                        loss = train_step(index)  # error here is the step's own and is raised as itself
+                        compiler.fall_back(exc)
+                    optimizer.step()
+                    scheduler.step()
+                    if after_step is not None:
+                        after_step(model)
+                    total_loss += loss.detach()
             mean_loss = float(total_loss) / steps_per_epoch
             if not math.isfinite(mean_loss):  # diverged: these weights are never selected
                 history.append({"epoch": epoch, "train_loss": mean_loss, "val_score": None})
@@ -226,13 +317,17 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
                 break
     finally:
         bar.close()
+        compiler.remove()
+        if channels_last:  # checkpoints (safetensors) and later callers expect the usual layout
+            module.to(memory_format=torch.contiguous_format)
     if diverged and best_state is None:
         raise MedTransferError(f"training diverged at epoch {diverged} (the loss is not finite) before any usable "
                                "epoch; lower the learning rate (--lr)")
     if best_state is not None:  # None only when no epoch ran and the initial weights were not eligible
         model.load_state_dict(best_state)
     best_score = float("nan") if best_score is None else best_score
-    return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history, diverged)
+    return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history, diverged,
+                     compiled=compiler.active and history[-1]["epoch"] > 0)
 
 
 def check_imbalance(config: TrainConfig, task: str) -> None:

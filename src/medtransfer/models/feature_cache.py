@@ -1,0 +1,253 @@
+"""Backbone features of a frozen model, cached on disk by content: computed once, reused by every
+linear-probe / head cell of a grid and by source ranking.
+
+Why per example: a grid's cells see different subsets of one dataset (each label budget and seed
+draws its own training and validation examples), so a cache keyed on a whole input tensor would
+compute nearly everything again. Here every input row is looked up on its own, and only the rows
+never seen before go through the backbone.
+
+What a hit depends on, so a stale hit cannot happen:
+- the model (`model_key`): the bytes, dtype and shape of every parameter and buffer of
+  `model.preprocess` and `model.backbone`; the input spec, the architecture and the modules'
+  printed structure; the source files of every module class involved and of `model.features`;
+  the versions of torch, timm and medtransfer; the device type the features are computed on (CPU
+  and GPU numbers differ in the last bits); and `FORMAT_VERSION`;
+- the code that computes and stores them: the source files of the `compute` function and of this module;
+- the input: the bytes of each row, with the row's shape and dtype.
+The head and any calibration are not part of the key: they do not change the features.
+
+Where: `$MEDTRANSFER_CACHE/features/` (default `~/.cache/medtransfer/features/`), one folder per
+(model, row shape, dtype) holding shards: `<name>.rows.npy` (16-byte row digests) beside
+`<name>.features.npy` (float32 features, one row each). The files can be deleted at any time; they
+are computed again when next needed. There is no size limit. `MEDTRANSFER_FEATURE_CACHE=0` turns
+the cache off.
+
+Safety: shards are written to a temporary file and renamed into place (features first, then the
+rows that index them), so a killed process never leaves a half shard that is read. A shard that
+does not load or has the wrong shape is deleted and its rows computed again, never trusted. One
+process at a time works in a folder (an OS file lock): a second process asking for the same
+features waits and reuses them instead of computing them twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import uuid
+import warnings
+from importlib import metadata
+from itertools import chain
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+
+FORMAT_VERSION = 1  # bump when what a shard means changes (layout, dtype, what the key covers)
+DIGEST_BYTES = 16  # sha256, truncated: it runs on the CPU's SHA extensions, here faster than blake2b
+OFF = {"0", "false", "no", "off"}
+
+
+def _hash(data: bytes = b""):
+    return hashlib.sha256(data)
+
+
+def _hex(h) -> str:
+    return h.hexdigest()[:2 * DIGEST_BYTES]
+
+
+def cache_root() -> Path:
+    """The medtransfer cache folder. The same variable and default as `pipeline.source.cache_dir`,
+    read here because models/ must not import pipeline/ (a higher layer)."""
+    return Path(os.environ.get("MEDTRANSFER_CACHE", "~/.cache/medtransfer")).expanduser()
+
+
+def features_dir() -> Path:
+    return cache_root() / "features"
+
+
+def enabled() -> bool:
+    """False when MEDTRANSFER_FEATURE_CACHE is 0 / false / no / off."""
+    return os.environ.get("MEDTRANSFER_FEATURE_CACHE", "1").strip().lower() not in OFF
+
+
+def cacheable(model: nn.Module) -> bool:
+    """Whether the model has the Classifier shape the key is built from (preprocess -> backbone)."""
+    return all(hasattr(model, name) for name in ("preprocess", "backbone", "features", "num_features"))
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw bytes of a tensor (any dtype, bf16 included), without a copy when it is already on the CPU."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str) -> str:
+    try:
+        return _hex(_hash(Path(path).read_bytes()))
+    except OSError:
+        return "unreadable"
+
+
+def _code_digest(obj) -> str:
+    """The digest of the source file that defines a class or function (a code change is a new key)."""
+    try:
+        path = inspect.getsourcefile(obj)
+    except TypeError:  # built in
+        path = None
+    return _file_digest(path) if path else "builtin"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def model_key(model: nn.Module, device: torch.device | str) -> str:
+    """The digest of everything the features of `model` depend on (see the module docstring)."""
+    preprocess, backbone = model.preprocess, model.backbone
+    features_fn = getattr(model.features, "__func__", model.features)
+    classes = {type(m) for m in chain(preprocess.modules(), backbone.modules())}
+    spec = getattr(preprocess, "spec", None) or getattr(model, "spec", None)
+    meta = {
+        "format": FORMAT_VERSION, "medtransfer": __version__, "torch": torch.__version__,
+        "timm": _version("timm"), "device": torch.device(device).type,
+        "spec": spec.to_dict() if hasattr(spec, "to_dict") else repr(spec),
+        "architecture": getattr(model, "architecture", None), "num_features": int(model.num_features),
+        "features": f"{features_fn.__module__}.{features_fn.__qualname__}:{_code_digest(features_fn)}",
+        "classes": sorted(f"{c.__module__}.{c.__qualname__}:{_code_digest(c)}" for c in classes),
+        "structure": [repr(preprocess), repr(backbone)],
+    }
+    h = _hash(json.dumps(meta, sort_keys=True, default=str).encode())
+    for prefix, module in (("preprocess", preprocess), ("backbone", backbone)):
+        for name, t in chain(module.named_parameters(), module.named_buffers()):
+            h.update(f"|{prefix}.{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(_tensor_bytes(t))
+    return _hex(h)
+
+
+def row_digests(x: torch.Tensor) -> list[bytes]:
+    """One 16-byte digest per row of x (its bytes only: shape and dtype go into the folder's key)."""
+    rows = x.detach().cpu().contiguous().reshape(len(x), -1)
+    data = rows.view(torch.uint8).numpy() if rows.shape[1] else np.zeros((len(x), 0), np.uint8)
+    return [_hash(row).digest()[:DIGEST_BYTES] for row in data]
+
+
+def folder_for(model: nn.Module, x: torch.Tensor, device: torch.device | str, compute: Callable | None = None) -> Path:
+    """The cache folder of (model, row shape, dtype), and of the code that computes and stores features
+    (this file and the file defining `compute`): an edit to either is a new folder."""
+    code = f"{_code_digest(compute) if compute else ''}|{_file_digest(__file__)}"
+    key = f"{model_key(model, device)}|{tuple(x.shape[1:])}|{x.dtype}|{code}"
+    return features_dir() / _hex(_hash(key.encode()))
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _shards(folder: Path, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folder's readable shards as (row digests, memory-mapped features). Anything else there is
+    deleted: corrupt or wrong-shape shards, and features whose rows file was never written (the
+    caller holds the folder's lock, so no writer is between its two renames)."""
+    shards, indexed = [], set()
+    for rows_path in sorted(folder.glob("*.rows.npy")):
+        feats_path = rows_path.with_name(rows_path.name.replace(".rows.npy", ".features.npy"))
+        indexed.add(feats_path.name)
+        try:
+            rows = np.load(rows_path)
+            feats = np.load(feats_path, mmap_mode="r")
+            ok = (rows.dtype == np.uint8 and rows.ndim == 2 and rows.shape[1] == DIGEST_BYTES
+                  and feats.dtype == np.float32 and feats.shape == (len(rows), width))
+        except (OSError, ValueError, EOFError):
+            ok = False
+        if ok:
+            shards.append((rows, feats))
+        else:
+            rows_path.unlink(missing_ok=True)
+            feats_path.unlink(missing_ok=True)
+    for orphan in folder.glob("*.features.npy"):
+        if orphan.name not in indexed:
+            orphan.unlink(missing_ok=True)
+    return shards
+
+
+def cached_features(model: nn.Module, x: torch.Tensor, compute: Callable[[torch.Tensor], np.ndarray],
+                    device: torch.device | str) -> np.ndarray:
+    """Features of `x` (N, width float32): rows seen before are read from the cache, the others are
+    computed with `compute(rows)` (which must run `model.features` in eval mode on `device`) and
+    stored. When the cache folder cannot be used the features are computed without it (warned)."""
+    width = int(model.num_features)
+    folder = folder_for(model, x, device, compute)
+    digests = row_digests(x)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        from filelock import FileLock  # a dependency of torch; an OS lock, released when a killed process ends
+
+        lock = FileLock(str(folder) + ".lock")
+        lock.acquire()
+    except OSError as e:
+        _warn(e)
+        return compute(x)
+    try:
+        return _lookup_or_compute(folder, x, digests, width, compute)
+    finally:
+        lock.release()
+
+
+def _warn(error: OSError) -> None:
+    warnings.warn(f"feature cache unusable ({error}); features computed without it (set MEDTRANSFER_CACHE "
+                  "to a writable folder, or MEDTRANSFER_FEATURE_CACHE=0)", stacklevel=3)
+
+
+def _lookup_or_compute(folder: Path, x: torch.Tensor, digests: list[bytes], width: int,
+                       compute: Callable[[torch.Tensor], np.ndarray]) -> np.ndarray:
+    wanted: dict[bytes, list[int]] = {}  # digest -> positions in x (a repeated row is computed once)
+    for i, d in enumerate(digests):
+        wanted.setdefault(d, []).append(i)
+    out = np.empty((len(x), width), np.float32)
+    try:
+        shards = _shards(folder, width)
+    except OSError as e:
+        _warn(e)
+        shards = []
+    for rows, feats in shards:
+        index = {row.tobytes(): j for j, row in enumerate(rows)}
+        hits = [(d, index[d]) for d in wanted if d in index]
+        if hits:
+            block = feats[np.array([j for _, j in hits])]  # reads only these rows of the memory map
+            for k, (d, _) in enumerate(hits):
+                out[wanted.pop(d)] = block[k]
+    if not wanted:
+        return out
+    missing = [positions[0] for positions in wanted.values()]  # first occurrences, in input order
+    new = compute(x if len(missing) == len(x) else x[torch.as_tensor(missing)])
+    new = np.ascontiguousarray(new, dtype=np.float32)
+    if new.shape != (len(missing), width):
+        raise ValueError(f"features of shape {new.shape}, expected {(len(missing), width)}")
+    for k, positions in enumerate(wanted.values()):
+        out[positions] = new[k]
+    rows = np.frombuffer(b"".join(wanted), np.uint8).reshape(-1, DIGEST_BYTES)
+    name = _hex(_hash(rows.tobytes()))
+    try:
+        _save_atomic(folder / f"{name}.features.npy", new)  # features first: the rows file makes the shard visible
+        _save_atomic(folder / f"{name}.rows.npy", rows)
+    except OSError as e:
+        _warn(e)
+    return out

@@ -1,0 +1,198 @@
+"""The frozen-feature cache: a hit is exactly what was computed, anything the features depend on
+(weights, input bytes, input spec) changes the key, a damaged file is recomputed, the switch turns it
+off, and a linear probe run twice computes its features once (evaluation included)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import medtransfer as mt
+from medtransfer.models import feature_cache
+from medtransfer.models.backbones import Classifier, create_model, default_spec, describe
+from medtransfer.models.inference import extract_features, logits, predict_proba
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("MEDTRANSFER_CACHE", str(tmp_path))
+    monkeypatch.delenv("MEDTRANSFER_FEATURE_CACHE", raising=False)
+    return tmp_path / "features"
+
+
+def tiny(size: int = 16, seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    return create_model(describe("test_resnet", "image2d", 1), default_spec("image2d", 1, image_size=size), 2)
+
+
+class Rows:
+    """Counts the rows that go through a backbone (a forward hook leaves the model's key alone)."""
+
+    def __init__(self, model: Classifier):
+        self.n = 0
+        model.backbone.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output):
+        self.n += len(inputs[0])
+
+    def take(self) -> int:
+        n, self.n = self.n, 0
+        return n
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def shard_files(cache: Path) -> list[Path]:
+    return sorted(cache.rglob("*.npy")) if cache.exists() else []
+
+
+def test_a_hit_is_the_miss_bit_for_bit(cache):
+    model, x = tiny(), images(12)
+    rows = Rows(model)
+    plain = extract_features(model, x, cache=False)
+    assert rows.take() == 12 and not shard_files(cache)
+    miss = extract_features(model, x)
+    assert rows.take() == 12 and len(shard_files(cache)) == 2  # one shard: rows + features
+    hit = extract_features(model, x, batch_size=5)
+    assert rows.take() == 0
+    assert miss.dtype == hit.dtype == np.float32
+    assert np.array_equal(miss, plain) and np.array_equal(hit, miss)
+
+
+def test_only_new_rows_are_computed_and_repeats_once(cache):
+    model, x = tiny(), images(10)
+    rows = Rows(model)
+    first = extract_features(model, x)
+    rows.take()
+    new = images(3, seed=1)
+    mixed = torch.cat([x[7:], new, x[:2], new[:1]])  # 3 seen, 3 new, 2 seen, 1 new repeated
+    out = extract_features(model, mixed)
+    assert rows.take() == 3
+    assert np.array_equal(out[:3], first[7:]) and np.array_equal(out[6:8], first[:2])
+    assert np.array_equal(out[8], out[3])
+    assert np.allclose(out, extract_features(model, mixed, cache=False), atol=1e-6)
+
+
+def test_a_changed_weight_input_or_input_size_misses(cache):
+    model, x = tiny(), images(8)
+    rows = Rows(model)
+    extract_features(model, x)
+    rows.take()
+
+    with torch.no_grad():
+        next(model.backbone.parameters()).view(-1)[0] += 1e-3  # one weight, by a little
+    changed = extract_features(model, x)
+    assert rows.take() == 8
+
+    model.backbone.bn1.running_mean[0] += 1e-3  # a buffer is part of the weights too
+    extract_features(model, x)
+    assert rows.take() == 8
+
+    y = x.clone()
+    y[5, 0, 3, 3] += 1e-6  # one pixel of one image
+    out = extract_features(model, y)
+    assert rows.take() == 1
+    assert np.array_equal(np.delete(out, 5, 0), np.delete(extract_features(model, x), 5, 0))
+    assert rows.take() == 0
+    assert not np.array_equal(changed, extract_features(model, x))  # the last weights' features, not stale ones
+
+    bigger = tiny(size=24)
+    bigger.load_state_dict(model.state_dict())  # same weights, another preprocess size
+    rows_big = Rows(bigger)
+    extract_features(bigger, x)
+    assert rows_big.take() == 8
+
+    folder = feature_cache.folder_for(model, x, "cpu")  # dtype, row shape and device type are in the key
+    assert folder != feature_cache.folder_for(model, x.double(), "cpu")
+    assert folder != feature_cache.folder_for(model, x.view(8, 1, 8, 32), "cpu")
+    assert folder != feature_cache.folder_for(model, x, "cuda")
+
+
+def test_a_damaged_or_half_written_file_is_recomputed_never_trusted(cache):
+    model, x = tiny(), images(6)
+    rows = Rows(model)
+    good = extract_features(model, x)
+    rows.take()
+    feats = next(cache.rglob("*.features.npy"))
+    for damage in (b"not a numpy file", feats.read_bytes()[:-40]):  # garbage; a file cut short
+        feats.write_bytes(damage)
+        assert np.array_equal(extract_features(model, x), good)
+        assert rows.take() == 6
+        assert np.array_equal(extract_features(model, x), good)  # and rewritten whole
+        assert rows.take() == 0
+
+    feats = next(cache.rglob("*.features.npy"))
+    wrong = np.load(feats)[:, :-1]  # readable, wrong width
+    np.save(feats, wrong)
+    assert np.array_equal(extract_features(model, x), good) and rows.take() == 6
+
+    next(cache.rglob("*.rows.npy")).unlink()  # killed between the two renames: features without rows
+    assert np.array_equal(extract_features(model, x), good) and rows.take() == 6
+    assert len(shard_files(cache)) == 2  # the orphan was removed
+
+
+def test_switched_off_writes_nothing(cache, monkeypatch):
+    monkeypatch.setenv("MEDTRANSFER_FEATURE_CACHE", "0")
+    model, x = tiny(), images(4)
+    model.backbone.requires_grad_(False)
+    extract_features(model, x)
+    predict_proba(model, x, "binary")
+    assert not cache.exists()
+
+
+def test_a_frozen_model_is_evaluated_from_cached_features(cache):
+    model, x = tiny(), images(9)
+    rows = Rows(model)
+    trainable = predict_proba(model, x, "binary")
+    assert rows.take() == 9 and not cache.exists()  # a model that trains is evaluated whole, nothing stored
+    model.backbone.requires_grad_(False)
+    first = predict_proba(model, x, "binary", batch_size=4)
+    assert rows.take() == 9
+    again, raw = predict_proba(model, x, "binary", batch_size=4), logits(model, x)
+    assert rows.take() == 0
+    assert np.array_equal(first, again) and np.allclose(first, trainable, atol=1e-6)
+    assert np.allclose(torch.softmax(torch.from_numpy(raw), 1).numpy(), first, atol=1e-6)
+
+
+def write_images(folder: Path, per_class: int = 15) -> None:
+    rng = np.random.default_rng(0)
+    for label, shift in (("a", 0), ("b", 90)):
+        (folder / label).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (rng.integers(0, 120, (16, 16)) + shift).astype(np.uint8)
+            Image.fromarray(pixels, "L").save(folder / label / f"{i}.png")
+
+
+def test_a_linear_probe_run_twice_computes_its_features_once(cache, tmp_path, monkeypatch):
+    write_images(tmp_path / "images")
+    data = f"folder:{tmp_path / 'images'}"
+    source = mt.transfer(data, "scratch", backbone="test_resnet", image_size=16, epochs=1, out=tmp_path / "source",
+                         progress=False, n_boot=10).out
+    computed = []
+    features = Classifier.features
+
+    def counted(self, x):
+        computed.append(len(x))
+        return features(self, x)
+
+    monkeypatch.setattr(Classifier, "features", counted)
+    probe = dict(source=str(source), save=False, progress=False, n_boot=10)
+    first = mt.transfer(data, "linear-probe", **probe)
+    n = first.config["n_train_labels"] + first.config["n_val_labels"] + first.config["n_test"]
+    assert sum(computed) == n  # train, val and test once each: evaluation read the probe's features
+    computed.clear()
+    second = mt.transfer(data, "linear-probe", **probe)
+    assert sum(computed) == 0
+    assert json.dumps(second.metrics["test"], sort_keys=True) == json.dumps(first.metrics["test"], sort_keys=True)
+    assert np.array_equal(second.predictions.filter(like="prob").to_numpy(),
+                          first.predictions.filter(like="prob").to_numpy())
+
+    other_seed = mt.transfer(data, "linear-probe", budget=8, seed=1, **probe)  # a subset: every row seen
+    assert sum(computed) == 0 and other_seed.config["n_train_labels"] == 8
