@@ -207,3 +207,19 @@ def test_a_folder_with_only_test_images_evaluates_a_run(tmp_path):
     assert pd.read_csv(tmp_path / "p.csv")["id"].str.endswith(".png").all()
     with pytest.raises(MedTransferError, match="evaluate"):
         mt.transfer(f"folder:{tmp_path / 'external'}", "scratch", backbone="test_resnet", save=False, progress=False)
+
+
+def test_the_demo_stars_the_strategy_chosen_on_validation_not_on_test(monkeypatch):
+    from rich.console import Console
+
+    from medtransfer import demo
+
+    def fake_cell(data, strategy, source, budget, seeds, resplit=False, **options):
+        test_best, val_best = strategy == "full", strategy == "head"
+        return {"value": 0.9 if test_best else 0.7, "ci": [0.6, 0.95], "val": 0.95 if val_best else 0.8}
+
+    monkeypatch.setattr(demo, "cell", fake_cell)
+    blocks = demo.heart_site("hungary", 1, Console(file=open("/dev/null", "w")), {})
+    rows = {row[0]: row[1:] for row in blocks[1].rows}
+    assert all(value.endswith("*") for value in rows["head"])
+    assert not any(value.endswith("*") for value in rows["full"])
