@@ -136,7 +136,6 @@ def test_the_calibration_module_matches_the_numpy_reference(method, params):
 def test_a_calibrated_checkpoint_loads_with_its_calibration(screening_run):
     model, meta = load_checkpoint(screening_run.out)
     assert model.calibration is not None and model.calibration.method == "platt"
-    source, _ = load_checkpoint(screening_run.out)
     copy = mt.transfer("heart:hungary", "head", str(screening_run.out), budget=20, save=False, progress=False,
                        n_boot=0)  # a calibrated run as a source: its calibration is not carried on
     assert copy.model.calibration is None and "calibration" not in copy.metrics

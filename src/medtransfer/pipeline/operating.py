@@ -33,16 +33,6 @@ class Decision:
     calibration: dict | None = None  # metrics.json "calibration" (None: not calibrated)
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def positive_index(self) -> int:
-        return self.positive.index if self.positive is not None else 1
-
-    def metric_options(self, classes: list[str]) -> dict:
-        """The keyword arguments `compute_metrics` scores at this operating point with."""
-        point = self.point
-        return dict(threshold=point.threshold if point.threshold is not None else 0.5,
-                    positive=self.positive_index, class_weights=point.class_weights, classes=classes)
-
     def to_model_json(self, classes: list[str]) -> dict:
         """model.json's record of the decision: what `predict` and `evaluate` apply to new data."""
         out = {"operating_point": self.point.to_dict(classes)}
@@ -97,21 +87,32 @@ def as_prob(raw: np.ndarray, task: str) -> np.ndarray:
     return probabilities(torch.from_numpy(raw), task).numpy()
 
 
-def decided_classes(prob: np.ndarray, task: str, point: OperatingPoint, classes: list[str]) -> list[str] | None:
-    """The class each example is decided as at the operating point (None for multilabel)."""
-    if task == "multilabel":
-        return None
-    return [classes[i] for i in decisions(prob, task, point)]
+def scoring_options(point: OperatingPoint, classes: list[str]) -> dict:
+    """The keyword arguments `compute_metrics` scores at `point` with: one place for the run's own test
+    split, `evaluate` and `predict`."""
+    return dict(threshold=point.threshold, positive=point.positive, class_weights=point.class_weights,
+                classes=classes)
 
 
-def test_warnings(data: TaskDataset, predicted: list[str] | None, decision: Decision) -> list[str]:
-    """What a reader of the test numbers must know: every decision in one class, or a class with so few
-    test examples that its sensitivity rests on a handful of patients."""
+def decided(prob: np.ndarray, task: str, point: OperatingPoint) -> np.ndarray | None:
+    """The class index each example is decided as at the operating point (None for multilabel)."""
+    return None if task == "multilabel" else np.asarray(decisions(prob, task, point), dtype=np.int64)
+
+
+def class_names(indices: np.ndarray | None, classes: list[str]) -> list[str] | None:
+    """Class indices as their names (vectorised), None passed through."""
+    return None if indices is None else np.asarray(classes, dtype=object)[indices].tolist()
+
+
+def test_warnings(data: TaskDataset, predicted: np.ndarray | None, decision: Decision) -> list[str]:
+    """What a reader of the test numbers must know: every decision in one class (`predicted`: the class
+    indices), or a class with so few test examples that its sensitivity rests on a handful of patients."""
     warnings = []
-    if predicted is not None and len(set(predicted)) == 1 and data.num_outputs > 1:
+    if predicted is not None and len(np.unique(predicted)) == 1 and data.num_outputs > 1:
         point = decision.point
         at = f"threshold {point.threshold:.4g}" if point.threshold is not None else f"the {point.rule} rule"
-        warnings.append(f"every test example is predicted {predicted[0]!r} at the operating point ({at}): the "
+        name = data.classes[predicted[0]]
+        warnings.append(f"every test example is predicted {name!r} at the operating point ({at}): the "
                         "model decides one class for everyone, so its sensitivity or specificity is 0; do not use "
                         "it as it is (try --class-weight balanced, another --threshold, or more labels)")
     if data.task != "multilabel" and len(data.test):
@@ -123,7 +124,7 @@ def test_warnings(data: TaskDataset, predicted: list[str] | None, decision: Deci
     return warnings
 
 
-def counts(labels: list[str] | np.ndarray, classes: list[str]) -> dict:
-    """{class: how many} in class order."""
-    labels = list(labels)
-    return {c: int(sum(1 for v in labels if v == c)) for c in classes}
+def counts(indices, classes: list[str]) -> dict:
+    """{class: how many} of class indices, in class order."""
+    found = np.bincount(np.asarray(indices, dtype=np.int64), minlength=len(classes))
+    return {c: int(n) for c, n in zip(classes, found)}

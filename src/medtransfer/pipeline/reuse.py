@@ -19,7 +19,7 @@ from ..models.checkpoint import load_checkpoint
 from ..models.inference import predict_proba
 from ..models.sources import check_compatible
 from ..runs import predictions_frame, read_json
-from .operating import counts, decided_classes
+from .operating import class_names, counts, decided, scoring_options
 from .run import check_probabilities
 from .run_folder import require_classifier
 
@@ -61,12 +61,12 @@ def evaluate(run: str | Path, data: str | None = None, split: str = "test", data
     check_probabilities(prob, f"the {split} split of {data}")
     point, options = stored_operating_point(meta)
     metrics = compute_metrics(y.numpy(), prob, dataset.task, n_boot=n_boot, seed=seed, **options)
-    predicted = decided_classes(prob, dataset.task, point, meta["classes"])
-    frame = predictions_frame(split, y.numpy(), prob, meta["classes"], part.id_list(split), predicted)
+    predicted = decided(prob, dataset.task, point)
+    frame = predictions_frame(split, y.numpy(), prob, meta["classes"], part.id_list(split),
+                              class_names(predicted, meta["classes"]))
     metrics["operating_point"] = point.to_dict(meta["classes"])
     if dataset.task != "multilabel":
-        metrics["counts"] = {"n": len(y), "per_class": counts([meta["classes"][i] for i in y.tolist()],
-                                                              meta["classes"])}
+        metrics["counts"] = {"n": len(y), "per_class": counts(y.numpy(), meta["classes"])}
         if predicted is not None:
             metrics["counts"]["predicted"] = counts(predicted, meta["classes"])
     return metrics, frame
@@ -94,9 +94,7 @@ def stored_operating_point(meta: dict):
     point = OperatingPoint.from_dict(block, classes)
     if task == "binary" and point.positive is None:
         point.positive = 1
-    options = dict(threshold=point.threshold, positive=point.positive, class_weights=point.class_weights,
-                   classes=classes)
-    return point, options
+    return point, scoring_options(point, classes)
 
 
 def read_config(run: Path) -> dict:
@@ -162,7 +160,7 @@ def probability_frame(model, meta: dict, x: torch.Tensor, ids: list[str], warnin
     frame = pd.DataFrame(prob, columns=[f"prob_{c}" for c in classes])
     frame.insert(0, id_name, list(ids))
     point, options = stored_operating_point(meta)
-    predicted = decided_classes(prob, task, point, classes)
+    predicted = class_names(decided(prob, task, point), classes)
     if predicted is not None:
         frame["predicted"] = predicted
     if task == "binary":

@@ -23,7 +23,7 @@ from ..progress import SILENT
 from ..runs import predictions_frame
 from ..strategies import Strategy, TransferContext, get_strategy
 from ..training.loop import FitResult
-from .operating import Decision, counts, decide, decided_classes, test_warnings
+from .operating import Decision, class_names, counts, decide, decided, scoring_options, test_warnings
 from .request import TransferRequest
 from .run_folder import RunResult, versions, write_run
 
@@ -125,7 +125,7 @@ def evaluate_splits(model: Classifier, budgeted: TaskDataset, n_boot: int, seed:
     """Metrics with CIs and per-sample predictions on validation, then test (touched once, after every
     choice was made on validation), at the run's operating point with its positive class; and what the
     test split warns of (one class decided for everyone, too few examples of a class)."""
-    metrics, frames, options = {}, [], decision.metric_options(budgeted.classes)
+    metrics, frames, options = {}, [], scoring_options(decision.point, budgeted.classes)
     warnings: list[str] = []
     for name in ("val", "test"):
         split = budgeted.split(name)
@@ -135,15 +135,13 @@ def evaluate_splits(model: Classifier, budgeted: TaskDataset, n_boot: int, seed:
         prob = predict_proba(model, split.x, budgeted.task)
         check_probabilities(prob, f"the {name} split of {budgeted.name}")
         metrics[name] = compute_metrics(split.y.numpy(), prob, budgeted.task, n_boot=n_boot, seed=seed, **options)
-        predicted = decided_classes(prob, budgeted.task, decision.point, budgeted.classes)
+        predicted = decided(prob, budgeted.task, decision.point)
         frames.append(predictions_frame(name, split.y.numpy(), prob, budgeted.classes, split.id_list(name),
-                                        predicted))
+                                        class_names(predicted, budgeted.classes)))
         if name == "test":
             warnings = test_warnings(budgeted, predicted, decision)
             if predicted is not None:
-                metrics["test_counts"] = {"n": len(split),
-                                          "per_class": counts([budgeted.classes[i] for i in split.y.tolist()],
-                                                              budgeted.classes)}
+                metrics["test_counts"] = {"n": len(split), "per_class": counts(split.y.numpy(), budgeted.classes)}
                 metrics["predicted_counts"] = counts(predicted, budgeted.classes)
     metrics["operating_point"] = decision.point.to_dict(budgeted.classes)
     if decision.calibration is not None:
