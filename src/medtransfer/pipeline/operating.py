@@ -20,7 +20,7 @@ from ..evaluation.calibration import calibration_summary, fit_calibration
 from ..evaluation.threshold import OperatingPoint, choose_operating_point, decisions
 from ..models.backbones import Classifier
 from ..models.calibration import Calibration
-from ..models.inference import logits, predict_proba, probabilities
+from ..models.inference import logits, probabilities
 
 MIN_TEST_PER_CLASS = 10  # fewer test examples of a class than this: its sensitivity has a very wide CI
 
@@ -46,9 +46,11 @@ def decide(model: Classifier, data: TaskDataset, positive: Positive | None, rule
     point on the calibrated validation probabilities."""
     warnings = [positive.warning] if positive is not None and positive.warning else []
     index = positive.index if positive is not None else 1
-    calibration = calibrate(model, data, method, index, warnings)
+    model.calibration = None  # a source model's calibration is not this run's
     val = data.val
-    prob = predict_proba(model, val.x, data.task) if len(val) else np.zeros((0, data.num_outputs))
+    raw_val = logits(model, val.x)  # the one validation pass: calibration and threshold both read it
+    calibration = calibrate(model, data, raw_val, method, index, warnings)
+    prob = calibrated_prob(model, raw_val, data.task)
     prior = None
     if data.task == "multiclass" and len(data.train):
         prior = np.bincount(data.train.y.numpy(), minlength=data.num_outputs) / len(data.train)
@@ -56,11 +58,11 @@ def decide(model: Classifier, data: TaskDataset, positive: Positive | None, rule
     return Decision(positive, point, calibration, warnings + list(point.warnings))
 
 
-def calibrate(model: Classifier, data: TaskDataset, method: str, positive: int, warnings: list[str]) -> dict | None:
-    """Fit `method` on the validation logits and attach it to the model; the block for metrics.json
-    holds ECE, Brier and calibration slope / intercept before and after on validation, and before on
-    test (after on test is the run's test block itself)."""
-    model.calibration = None  # a source model's calibration is not this run's
+def calibrate(model: Classifier, data: TaskDataset, raw_val: np.ndarray, method: str, positive: int,
+              warnings: list[str]) -> dict | None:
+    """Fit `method` on the validation logits `raw_val` and attach it to the model; the block for
+    metrics.json holds ECE, Brier and calibration slope / intercept before and after on validation, and
+    before on test (after on test is the run's test block itself)."""
     if method == "none":
         return None
     val, test, task = data.val, data.test, data.task
@@ -68,7 +70,6 @@ def calibrate(model: Classifier, data: TaskDataset, method: str, positive: int, 
         warnings.append(f"--calibrate {method} needs labelled validation examples and this run has none; the "
                         "probabilities are not calibrated")
         return {"method": "none", "requested": method}
-    raw_val = logits(model, val.x)
     params = fit_calibration(method, raw_val, val.y.numpy(), task)
     if params is None:
         warnings.append(f"--calibrate {method}: too few validation examples of each class to fit it; the "
@@ -79,12 +80,23 @@ def calibrate(model: Classifier, data: TaskDataset, method: str, positive: int, 
         summary["test_before"] = calibration_summary(test.y.numpy(), as_prob(logits(model, test.x), task), task,
                                                      positive)
     model.calibration = Calibration.from_params(method, params, data.num_outputs).to(next(model.parameters()).device)
-    summary["val_after"] = calibration_summary(val.y.numpy(), predict_proba(model, val.x, task), task, positive)
+    summary["val_after"] = calibration_summary(val.y.numpy(), calibrated_prob(model, raw_val, task), task, positive)
     return {"method": method, "params": params, **summary}
 
 
 def as_prob(raw: np.ndarray, task: str) -> np.ndarray:
     return probabilities(torch.from_numpy(raw), task).numpy()
+
+
+@torch.no_grad()
+def calibrated_prob(model: Classifier, raw: np.ndarray, task: str) -> np.ndarray:
+    """The probabilities the model gives for these head logits: through its calibration when it has one
+    (the same module its forward runs), so validation is not run through the network again."""
+    out = torch.from_numpy(raw)
+    if model.calibration is not None:
+        out = model.calibration.cpu()(out)
+        model.calibration.to(next(model.parameters()).device)
+    return probabilities(out.float(), task).numpy()
 
 
 def scoring_options(point: OperatingPoint, classes: list[str]) -> dict:
