@@ -27,6 +27,7 @@ BAD_OPTIONS = [  # (id, call, what the one line must say); each fails before any
     ("source-epochs-zero", lambda: mt.transfer("heart:hungary", source_epochs=0), "source_epochs must be"),
     ("image-size-zero", lambda: mt.transfer("heart:hungary", image_size=0), "image_size must be an integer >= 8"),
     ("image-size-tiny", lambda: mt.transfer("heart:hungary", image_size=4), "image_size must be"),
+    ("image-size-typo", lambda: mt.transfer("heart:hungary", image_size="nativ"), "or 'native', got 'nativ'"),
     ("lr-zero", lambda: mt.transfer("heart:hungary", lr=0), "lr must be a number > 0"),
     ("lr-negative", lambda: mt.transfer("heart:hungary", lr=-0.1), "lr must be"),
     ("lr-nan", lambda: mt.transfer("heart:hungary", lr=float("nan")), "lr must be"),

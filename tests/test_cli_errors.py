@@ -82,6 +82,7 @@ CASES = [
     ("lr-negative", [*HUNGARY, "--lr", "-1"], "lr must be"),
     ("lr-not-a-number", [*HUNGARY, "--lr", "fast"], "--lr"),
     ("image-size-zero", [*HUNGARY, "--image-size", "0"], "image_size must be"),
+    ("image-size-typo", [*HUNGARY, "--image-size", "nativ"], "or 'native'"),
     ("patience-zero", [*HUNGARY, "--patience", "0"], "patience must be"),
     ("source-epochs-zero", [*HUNGARY, "--source-epochs", "0"], "source_epochs must be"),
     ("seed-not-an-integer", [*HUNGARY, "--seed", "1.5"], "--seed"),

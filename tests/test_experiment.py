@@ -47,6 +47,8 @@ def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
     ("name: x\ntargets: [heart:va]\nstrategies: [full]\n", "strategy 'full' needs a source"),
     ("name: x\nstrategies: [scratch]\n", "missing key 'targets'"),
     ("name: x\ntargets: [heart:va]\nstrategies: [scratch]\ntrain: {epochs: 0}\n", "train.epochs"),
+    ("name: x\ntargets: [heart:va]\nstrategies: [scratch]\ntrain: {image_size: nativ}\n", "train.image_size"),
+    ("name: x\ntargets: [heart:va]\nstrategies: [scratch]\ntrain: {image_size: 4}\n", "train.image_size"),
     ("name: x\ntargets: [heart:va]\nstrategies: [scratch]\ntrain: {epoch: 3}\n", "unknown key 'train.epoch'; allowed: epochs"),
     ("- just\n- a list\n", "must be a YAML mapping"),
     ("name: [unclosed\n", "not valid YAML"),
@@ -56,6 +58,40 @@ def test_bad_configs_are_named_with_what_is_allowed(tmp_path, text, message):
         load_config(write(tmp_path, text))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+SKIP_GRID = ("name: x\ntargets: [heart:va]\nsources: [heart:cleveland, heart:hungary]\n"
+             "strategies: [scratch, linear-probe, full]\nbudgets: [10, 20]\nseeds: 2\n")
+
+
+def test_skip_leaves_out_the_cells_it_names_and_keeps_the_others(tmp_path):
+    whole, _ = load_config(write(tmp_path, SKIP_GRID))
+    config, _ = load_config(write(tmp_path, SKIP_GRID + "skip:\n- {source: heart:hungary, strategy: full}\n"
+                                                 "- {strategy: [linear-probe], budget: 20}\n"))
+    left = set(grid(whole)) - set(grid(config))
+    assert {(c.source, c.strategy, c.budget) for c in left} == {
+        ("heart:hungary", "full", "10"), ("heart:hungary", "full", "20"),
+        ("heart:cleveland", "linear-probe", "20"), ("heart:hungary", "linear-probe", "20")}
+    assert len(left) == 8 and len(grid(config)) == len(grid(whole)) - 8  # 2 seeds each
+    kept = {cell.id(settings_of(config)) for cell in grid(config)}
+    assert kept <= {cell.id(settings_of(whole)) for cell in grid(whole)}  # same ids: a grid with skips resumes
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{sourse: heart:hungary}", "skip: unknown key 'sourse'; allowed: target, source"),
+    ("{source: heart:hungry}", "skip: source 'heart:hungry' is not in the grid's sources"),
+    ("{budget: [10, 30]}", "skip: budget 30 is not in the grid's budgets"),
+])
+def test_skip_refuses_what_the_grid_does_not_have(tmp_path, entry, message):
+    with pytest.raises(MedTransferError) as info:
+        load_config(write(tmp_path, SKIP_GRID + f"skip: [{entry}]\n"))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_native_image_size_is_a_valid_setting(tmp_path):
+    config, _ = load_config(write(tmp_path, "name: x\ntargets: [heart:va]\nstrategies: [scratch]\n"
+                                             "train: {image_size: native}\n"))
+    assert config.train.image_size == "native"
 
 
 def test_missing_config_file(tmp_path):

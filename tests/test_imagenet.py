@@ -212,3 +212,19 @@ def test_missing_package_says_how_to_install(monkeypatch):
 def test_unknown_name_raises():
     with pytest.raises(MedTransferError, match="efficientnet_lite0"):
         weights_file("resnet_nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_native_image_size_runs_each_source_at_its_training_resolution(name):
+    from medtransfer.models.sources import load_source_model
+    installed(name)
+    source = load_source_model(f"imagenet:{name}", "image2d", 1, image_size="native")
+    assert source.model.preprocess.spec.size == native_size(name)  # 224, 240, 260
+
+
+def test_native_image_size_leaves_models_without_one_at_their_default():
+    from medtransfer.models.backbones import DEFAULT_IMAGE_SIZE, default_spec, pick_size
+    assert default_spec("image2d", 1, None, "native").size == DEFAULT_IMAGE_SIZE
+    assert pick_size("native", 64, 224) == 224 and pick_size(None, 64, 224) == 64
+    with pytest.raises(MedTransferError, match="'native'"):
+        pick_size("nativ", 64, 224)

@@ -24,7 +24,7 @@ from medtransfer.training.loop import TrainConfig, predict_proba, selection_scor
 N_FEATURES = 5
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
 CLASSES = ["no", "yes"]
-GRID = (0.01, 0.1, 1.0, 10.0)  # the C grid of fit_logistic_head
+from medtransfer.defaults import C_GRID as GRID  # noqa: E402 - the C grid of fit_logistic_head
 ALL_STRATEGIES = {"scratch", "linear-probe", "head", "partial", "full", "lp-ft", "l2-sp", "target-only",
                   "source-only", "pooled"}
 TRAINED = sorted(ALL_STRATEGIES)

@@ -19,6 +19,7 @@ from . import pipeline
 from .data import parse_budget
 from .defaults import N_BOOT
 from .errors import MedTransferError
+from .models.backbones import NATIVE
 from .models.checkpoint import read_meta
 from .pipeline import (DataOptions, Output, PretrainRequest, RunResult, ShiftRequest, SSLOptions, TrainOptions,
                        TransferRequest)
@@ -42,7 +43,8 @@ OPTIONS = {
     "source_epochs": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--source-epochs"),
     "batch_size": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--batch-size"),
     "patience": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--patience"),
-    "image_size": (INTEGER, lambda v: v >= 8, "an integer >= 8 (pixels)", "--image-size"),
+    "image_size": (INTEGER + TEXT, lambda v: v == NATIVE if isinstance(v, str) else v >= 8,
+                   f"an integer >= 8 (pixels) or '{NATIVE}'", "--image-size"),
     "lr": (NUMBER, lambda v: v > 0, "a number > 0", "--lr"),
     "n_boot": (INTEGER, lambda v: v >= 0, "an integer >= 0", None),
     "accelerator": (TEXT, lambda v: v in ACCELERATORS and available(v), f"one of {', '.join(ACCELERATORS)}",

@@ -40,8 +40,14 @@ EPOCHS = typer.Option(None, "--epochs", help="maximum epochs (early stopping on 
 PATIENCE = typer.Option(None, "--patience", help="stop after this many epochs without a better validation AUC")
 LR = typer.Option(None, "--lr", help="learning rate of the head (backbone: 0.1x for full / lp-ft)")
 BATCH = typer.Option(None, "--batch-size")
-IMAGE_SIZE = typer.Option(None, "--image-size", help="2D images are resized to this before the backbone "
-                          "(default 64; 128 for ImageNet sources)")
+def _image_size(value: str) -> int | str:
+    """--image-size: pixels, or 'native' (checked by the API, so a bad value gets its one line there)."""
+    return int(value) if value.strip().lstrip("-").isdigit() else value
+
+
+IMAGE_SIZE = typer.Option(None, "--image-size", parser=_image_size, metavar="PIXELS|native",
+                          help="2D images are resized to this before the backbone (default 64; 128 for ImageNet "
+                          "sources); 'native': each ImageNet/timm source at its own training resolution")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps")
 POSITIVE = typer.Option(None, "--positive", help="binary tasks: the positive class (default: the dataset's own, else "
                         "the class opposite one named normal/healthy/benign/negative/no…, else the second class)")
@@ -123,7 +129,7 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
                                         "simclr / moco (MoCo v2) on the training images"),
              backbone: Optional[str] = BACKBONE, out: Optional[Path] = OUT,
              seed: int = SEED, epochs: Optional[int] = EPOCHS, lr: Optional[float] = LR,
-             batch_size: Optional[int] = BATCH, image_size: Optional[int] = IMAGE_SIZE,
+             batch_size: Optional[int] = BATCH, image_size: Optional[str] = IMAGE_SIZE,
              patience: Optional[int] = PATIENCE,
              temperature: Optional[float] = typer.Option(None, "--temperature", help="simclr/moco: contrastive "
                                                          "temperature (default 0.5 simclr, 0.2 moco)"),
@@ -200,7 +206,7 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                                             "(csv:, heart:, folder: without split folders): repeated hold-out"),
              out: Optional[Path] = OUT,
              epochs: Optional[int] = EPOCHS, lr: Optional[float] = LR, batch_size: Optional[int] = BATCH,
-             image_size: Optional[int] = IMAGE_SIZE, patience: Optional[int] = PATIENCE,
+             image_size: Optional[str] = IMAGE_SIZE, patience: Optional[int] = PATIENCE,
              source_epochs: Optional[int] = typer.Option(None, "--source-epochs", help="epochs when pretraining a source dataset"),
              data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
              id_column: Optional[str] = ID, drop: Optional[List[str]] = DROP,
@@ -288,7 +294,7 @@ def rank(data: str = DATA,
                                            "has commas, goes in its own --sources"),
          budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target training examples to "
                                               "score on, drawn as transfer draws them: 40, 5%, all (default)"),
-         seed: int = SEED, backbone: Optional[str] = BACKBONE, image_size: Optional[int] = IMAGE_SIZE,
+         seed: int = SEED, backbone: Optional[str] = BACKBONE, image_size: Optional[str] = IMAGE_SIZE,
          source_epochs: Optional[int] = typer.Option(None, "--source-epochs", help="epochs when pretraining a source "
                                                      "dataset"),
          against: Optional[Path] = typer.Option(None, "--against", help="an experiment folder: Kendall's tau between "

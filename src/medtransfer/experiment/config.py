@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,7 +21,7 @@ class TrainSettings(BaseModel):
     batch_size: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
     augment: bool | None = None
-    image_size: int | None = Field(None, ge=8)
+    image_size: Annotated[int, Field(ge=8)] | Literal["native"] | None = None
     source_epochs: int | None = Field(None, ge=1)
     class_weight: Literal["none", "balanced"] | None = None
     sampler: Literal["none", "balanced"] | None = None
@@ -55,6 +55,10 @@ class ExperimentConfig(BaseModel):
     calibrate: Literal["none", "temperature", "platt", "isotonic"] = "none"
     keep_weights: bool = False  # cells keep predictions and metrics; weights only on request
     n_boot: int = Field(1000, ge=0)
+    # Cells left out of the full cross product, each entry a partial cell: {source: X, strategy: full} skips
+    # every full cell from X (a value may be a list). For the pairs a grid cannot afford, e.g. fine-tuning
+    # the largest source at its native size on CPUs, while its cheap linear probe stays in the same report.
+    skip: list[dict[str, str | int | list[str | int]]] = []
 
     @field_validator("threshold")
     @classmethod
@@ -102,6 +106,21 @@ class ExperimentConfig(BaseModel):
                 raise ValueError("seeds must be at least 1 (a count) or a list of seeds")
             return list(range(seeds))
         return seeds
+
+    @model_validator(mode="after")
+    def skip_names_grid_values(self):
+        """Each skip entry names only grid axes, with values the grid has: a typo skips nothing silently."""
+        axes = {"target": self.targets, "source": self.sources, "backbone": self.backbones,
+                "strategy": self.strategies, "budget": self.budgets}
+        for entry in self.skip:
+            for key, value in entry.items():
+                if key not in axes:
+                    raise ValueError(f"skip: unknown key {key!r}; allowed: {', '.join(axes)}")
+                for v in value if isinstance(value, list) else [value]:
+                    if str(v) not in [str(a) for a in axes[key]]:
+                        raise ValueError(f"skip: {key} {v!r} is not in the grid's {key}s "
+                                         f"({', '.join(str(a) for a in axes[key])})")
+        return self
 
     @model_validator(mode="after")
     def sources_for_transfer(self):

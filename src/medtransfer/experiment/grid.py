@@ -55,7 +55,16 @@ def grid(config: ExperimentConfig) -> list[Cell]:
                 for source in sources:
                     for budget in config.budgets:
                         cells += [Cell(target, source, backbone, strategy, budget, seed) for seed in config.seeds]
-    return cells
+    return [cell for cell in cells if not any(skipped(cell, entry) for entry in config.skip)]
+
+
+def skipped(cell: Cell, entry: dict) -> bool:
+    """Whether `cell` matches every axis the skip entry names (a list value: any of its values)."""
+    for key, value in entry.items():
+        values = value if isinstance(value, list) else [value]
+        if str(getattr(cell, key)) not in [str(v) for v in values]:
+            return False
+    return True
 
 
 def settings_of(config: ExperimentConfig) -> dict:

@@ -126,14 +126,20 @@ def create_model(architecture: dict, spec: InputSpec, num_outputs: int) -> Class
     return Classifier(backbone, width, num_outputs, spec, architecture)
 
 
-def pick_size(image_size: int | None, default: int) -> int:
+NATIVE = "native"  # --image-size native: each ImageNet/timm source at the resolution it was trained at
+
+
+def pick_size(image_size: int | str | None, default: int, native: int | None = None) -> int:
     """The image size asked for, else the default. Only None means "the default": a size of 0 (or any
-    size too small for a backbone) is refused, never silently replaced (`or` would turn 0 into 64)."""
+    size too small for a backbone) is refused, never silently replaced (`or` would turn 0 into 64).
+    "native": the pretrained model's own training resolution (`native`) where it has one, else the default."""
     if image_size is None:
         return default
+    if image_size == NATIVE:
+        return default if native is None else native
     if isinstance(image_size, bool) or not isinstance(image_size, Integral) or image_size < MIN_IMAGE_SIZE:
-        raise MedTransferError(f"image size must be a whole number of pixels >= {MIN_IMAGE_SIZE}, got {image_size!r} "
-                               "(--image-size)")
+        raise MedTransferError(f"image size must be a whole number of pixels >= {MIN_IMAGE_SIZE} or "
+                               f"'{NATIVE}', got {image_size!r} (--image-size)")
     return int(image_size)
 
 

@@ -61,7 +61,8 @@ def read_source_model(spec: str, modality: str, channels: int, backbone: str | N
         backbone_module = create_imagenet_model(name, num_classes=0)
         info = IMAGENET_SOURCES[name]
         arch = {"kind": "timm", "name": info["timm_name"], "in_chans": 3}
-        spec_ = InputSpec("image2d", 3, pick_size(image_size, IMAGENET_IMAGE_SIZE), info["mean"], info["std"])
+        size = pick_size(image_size, IMAGENET_IMAGE_SIZE, info["input_size"])
+        spec_ = InputSpec("image2d", 3, size, info["mean"], info["std"])
         return Source(with_backbone(arch, spec_, backbone_module), f"ImageNet {name} ({info['package']})")
     if spec.startswith("timm:"):
         import timm
@@ -74,7 +75,8 @@ def read_source_model(spec: str, modality: str, channels: int, backbone: str | N
                                    "imagenet:efficientnet_lite0 offline") from None
         cfg = backbone_module.pretrained_cfg
         arch = {"kind": "timm", "name": name, "in_chans": 3}
-        spec_ = InputSpec("image2d", 3, pick_size(image_size, IMAGENET_IMAGE_SIZE), tuple(cfg["mean"]),
+        spec_ = InputSpec("image2d", 3, pick_size(image_size, IMAGENET_IMAGE_SIZE, cfg["input_size"][-1]),
+                          tuple(cfg["mean"]),
                           tuple(cfg["std"]))
         return Source(with_backbone(arch, spec_, backbone_module), f"timm {name} pretrained")
     if path.is_file():
