@@ -22,7 +22,7 @@ import medtransfer as mt
 RECIPES = {
     "default": {},
     "layer-decay 0.7": {"layer_decay": 0.7},
-    "30 epochs, patience 10": {"epochs": 30, "patience": 10},
+    "30 epochs patience 10": {"epochs": 30, "patience": 10},
     "lr 3e-4": {"lr": 3e-4},
 }
 

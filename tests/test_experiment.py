@@ -81,6 +81,7 @@ def test_skip_leaves_out_the_cells_it_names_and_keeps_the_others(tmp_path):
     ("{sourse: heart:hungary}", "skip: unknown key 'sourse'; allowed: target, source"),
     ("{source: heart:hungry}", "skip: source 'heart:hungry' is not in the grid's sources"),
     ("{budget: [10, 30]}", "skip: budget 30 is not in the grid's budgets"),
+    ("{}", "skip: an empty entry would skip every cell"),
 ])
 def test_skip_refuses_what_the_grid_does_not_have(tmp_path, entry, message):
     with pytest.raises(MedTransferError) as info:
@@ -225,3 +226,16 @@ def test_cli_experiment_bad_config_is_one_line(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown key 'sed'" in result.stderr
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_grid_loads_and_image_grids_state_their_measured_time(path):
+    config, _ = load_config(path)
+    assert grid(config)
+    if all(t.startswith("heart:") for t in config.targets):
+        return  # the tables' grids take minutes; the image grids' time decides whether a user can run them
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert "Measured on 2 CPU cores" in header, f"{path.name}: state the grid's measured time in its header"

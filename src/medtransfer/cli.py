@@ -40,6 +40,8 @@ EPOCHS = typer.Option(None, "--epochs", help="maximum epochs (early stopping on 
 PATIENCE = typer.Option(None, "--patience", help="stop after this many epochs without a better validation AUC")
 LR = typer.Option(None, "--lr", help="learning rate of the head (backbone: 0.1x for full / lp-ft)")
 BATCH = typer.Option(None, "--batch-size")
+
+
 def _image_size(value: str) -> int | str:
     """--image-size: pixels, or 'native' (checked by the API, so a bad value gets its one line there)."""
     return int(value) if value.strip().lstrip("-").isdigit() else value

@@ -113,6 +113,8 @@ class ExperimentConfig(BaseModel):
         axes = {"target": self.targets, "source": self.sources, "backbone": self.backbones,
                 "strategy": self.strategies, "budget": self.budgets}
         for entry in self.skip:
+            if not entry:
+                raise ValueError("skip: an empty entry would skip every cell; name an axis, e.g. {strategy: full}")
             for key, value in entry.items():
                 if key not in axes:
                     raise ValueError(f"skip: unknown key {key!r}; allowed: {', '.join(axes)}")
