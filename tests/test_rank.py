@@ -229,3 +229,10 @@ def test_rank_against_a_grid_reports_kendalls_tau(tmp_path):
         assert result.against["tau"][name]["tau"] == pytest.approx(expected[0])
         assert result.against["tau"][name]["n"] == 3
     assert "Kendall's tau" in (tmp_path / "r" / "rank.md").read_text()
+
+
+def test_grid_choice_key_is_validation_auc_then_log_loss_then_name():
+    from medtransfer.evaluation import grid_choice_key
+    keys = {"b": grid_choice_key(0.9, 0.3, "b"), "a": grid_choice_key(0.9, float("nan"), "a"),
+            "c": grid_choice_key(0.8, 0.1, "c"), "d": grid_choice_key(0.9, 0.3, "d")}
+    assert sorted(keys, key=keys.get) == ["b", "d", "a", "c"]  # unrecorded log-loss ranks last among the tied

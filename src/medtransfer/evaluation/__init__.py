@@ -11,7 +11,7 @@ from .metrics import (
     expected_calibration_error,
     register_metric,
 )
-from .selection import selection_key, selection_score
+from .selection import grid_choice_key, selection_key, selection_score
 from .threshold import RULE_HELP, OperatingPoint, check_rule_syntax, choose_operating_point, decisions, parse_rule
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "register_metric",
     "selection_score",
     "selection_key",
+    "grid_choice_key",
     "RULE_HELP",
     "parse_rule",
     "check_rule_syntax",

@@ -27,6 +27,13 @@ def selection_score(y: np.ndarray, prob: np.ndarray, task: str) -> float:
     return float(score)
 
 
+def grid_choice_key(val_auc: float, val_log_loss: float, name: str) -> tuple:
+    """How a grid's method is chosen (the experiment report and `rank --against`): the smallest key wins.
+    Best seed-mean validation AUC first; then the lower validation log-loss (unrecorded: last); then the
+    name, so a full tie is still decided the same way every time. No test number takes part."""
+    return -val_auc, val_log_loss if math.isfinite(val_log_loss) else math.inf, name
+
+
 def selection_key(y: np.ndarray, prob: np.ndarray, task: str) -> tuple:
     """(selection_score, balanced accuracy of the argmax decision, -log_loss): larger is better, compare as tuples.
 

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 from ..data import TaskDataset, apply_budget, check_options_used, is_dataset_spec, parse_budget, require_classes
 from ..errors import MedTransferError
+from ..evaluation import grid_choice_key
 from ..evaluation.transferability import leep, logme, nce
 from ..models.backbones import default_spec
 from ..models.checkpoint import read_meta
@@ -266,9 +267,9 @@ def kendall(scores: list[SourceScore], name: str) -> dict:
 
 
 def grid_aucs(folder: Path, data: str, budget) -> dict:
-    """Per source of an experiment: the validation-chosen test AUC at `budget` on target `data`, chosen as
-    the experiment report chooses (the non-baseline strategy with the best seed-mean validation AUC, ties by
-    the lower validation log-loss, then the name; never by test), and that strategy's seed-mean test AUC.
+    """Per source of an experiment: the validation-chosen test AUC at `budget` on target `data`, chosen by the
+    experiment report's own rule (`grid_choice_key` over the non-baseline strategies; never by test), and that
+    strategy's seed-mean test AUC.
     Read before any ranking, so a wrong folder, target or budget fails at once."""
     import pandas as pd
 
@@ -306,9 +307,9 @@ def grid_aucs(folder: Path, data: str, budget) -> dict:
                 continue
             loss = group["val_log_loss"].astype(float).mean() if has_loss else math.nan
             name = "/".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if not pd.isna(k))
-            candidates.append((-val, loss if math.isfinite(loss) else math.inf, name,
+            candidates.append((grid_choice_key(val, loss, name), name,
                                float(group["test_auc"].astype(float).mean()), len(group)))
         if candidates:
-            _, _, name, auc, seeds = min(candidates)
+            _, name, auc, seeds = min(candidates)
             aucs[source] = (auc, name, seeds)
     return {"budget": "all" if wanted is None else str(budget), "aucs": aucs}

@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 from sklearn.metrics import confusion_matrix, roc_curve
 
+from ..evaluation import grid_choice_key
 from ..evaluation.metrics import auc_paired_difference, auc_paired_mean_ci, expected_calibration_error
 from ..experiment import short
 from ..strategies import STRATEGIES
@@ -413,10 +414,7 @@ def _candidates(stats: dict, budget) -> dict:
 
 
 def _choice_key(s: dict, method: str):
-    """Best seed-mean validation AUC first; then the lower validation log-loss (unrecorded: last); then the name,
-    so a full tie is still decided the same way every time. No test number takes part."""
-    loss = s["val_log_loss"]
-    return -s["val_auc"], loss if np.isfinite(loss) else np.inf, method
+    return grid_choice_key(float(s["val_auc"]), float(s["val_log_loss"]), method)
 
 
 def _chosen_at(stats, budgets) -> dict:
