@@ -469,7 +469,7 @@ def test_folders_with_train_are_not_evaluation_only(tmp_path):
 # --- check_options_used -------------------------------------------------------------------------
 
 def test_label_options_are_every_option_a_scheme_may_read():
-    assert LABEL_OPTIONS == ("target", "group", "id", "drop")
+    assert LABEL_OPTIONS == ("target", "group", "id", "drop", "text")
 
 
 @pytest.mark.parametrize("specs, values", [
@@ -486,11 +486,11 @@ def test_options_some_dataset_reads_are_accepted(specs, values):
 
 
 @pytest.mark.parametrize("specs, values, message", [
-    (["heart:va"], dict(id="mrn"), r"--id mrn would be ignored: heart:va takes no id option.*read by csv: datasets"),
+    (["heart:va"], dict(id="mrn"), r"--id mrn would be ignored: heart:va takes no id option.*read by csv: and text-csv: datasets"),
     (["folder:x"], dict(drop=("a", "b")), r"--drop a b would be ignored: folder:x .*read by csv: datasets"),
-    (["folder:x"], dict(target="y"), r"--target y would be ignored.*read by manifest: and csv: datasets"),
+    (["folder:x"], dict(target="y"), r"--target y would be ignored.*read by manifest:, csv: and text-csv: datasets"),
     (["medmnist:pneumoniamnist"], dict(group="PatientID"), r"--group PatientID would be ignored.*folder:, "
-                                                           r"manifest: and csv: datasets"),
+                                                           r"manifest:, csv: and text-csv: datasets"),
     (["shift:blur:medmnist:pneumoniamnist"], dict(group="PatientID"), "--group"),
 ])
 def test_options_no_dataset_reads_are_refused(specs, values, message):

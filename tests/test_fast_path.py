@@ -89,8 +89,10 @@ def test_channels_last_trains_like_the_default_and_hands_back_the_usual_layout(t
         assert all(p.is_contiguous() for p in model.parameters())
         save_file(_state(model), str(tmp_path / f"model_{channels_last}.safetensors"))
     # the same computation in another memory layout: equal up to float rounding (AdamW turns rounding-sized
-    # gradient differences into lr-sized weight differences, so the losses are compared, not the weights)
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+    # gradient differences into lr-sized weight differences, so the losses are compared, not the weights).
+    # How far the rounding carries depends on the CPU's kernels: 0.16% after one epoch and 1.5% after two on
+    # one 2-core machine (torch 2.14), under 0.1% on another; a wrong layout is off by far more.
+    assert losses[True] == pytest.approx(losses[False], rel=3e-2)
 
 
 def test_channels_last_model_computes_the_same_function():

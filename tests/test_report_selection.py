@@ -33,13 +33,14 @@ class Grid:
         self.exp.mkdir()
 
     def cell(self, y, strategy, signal, *, source="heart:cleveland", budget="20", seed=0, split_seed=0,
-             classes=BINARY, target="heart:va", decided=True, **columns):
+             classes=BINARY, target="heart:va", decided=True, backbone="mlp", **columns):
         """``decided``: True writes argmax decisions, a list writes those, None none (an older folder)."""
         p = _probs(y, signal, self.rng, len(classes))
         task = "binary" if len(classes) == 2 else "multiclass"
         auc = roc_auc_score(y, p[:, 1]) if task == "binary" else roc_auc_score(y, p, multi_class="ovr")
-        row = dict(cell_id=f"{target.split(':')[1]}_{strategy}_{budget}_s{seed}", target=target, source=source,
-                   strategy=strategy, backbone="mlp", budget=budget, n_labels=int(budget) if budget.isdigit() else 0,
+        suffix = "" if backbone == "mlp" else f"_{backbone}"
+        row = dict(cell_id=f"{target.split(':')[1]}_{strategy}_{budget}_s{seed}{suffix}", target=target,
+                   source=source, strategy=strategy, backbone=backbone, budget=budget, n_labels=int(budget) if budget.isdigit() else 0,
                    seed=seed, split_seed=split_seed, task=task, test_auc=auc, **columns)
         predicted = [classes[k] for k in p.argmax(1)] if decided is True else decided
         _write_cell(self.exp, row, y, p, list(classes), self.rng, predicted)
@@ -372,3 +373,30 @@ def test_results_csv_round_trip_keeps_the_new_columns(tmp_path):
     row = table.iloc[0]
     assert (row["positive"], row["threshold_rule"], row["n_test"], row["degenerate"]) == ("1", "0.5", 120, True)
     assert pd.isna(row["val_balanced_acc"]) and row["calibration"] == "none"
+
+
+def test_per_backbone_compares_each_backbones_choice_with_its_own_scratch(tmp_path):
+    """Two backbones: each one's validation-chosen transfer method is compared with scratch on that backbone
+    (not with the other network's scratch), chosen on validation like the main table."""
+    grid = Grid(tmp_path)
+    y = grid.rng.integers(0, 2, N_TEST)
+    for seed in (0, 1):
+        grid.cell(y, "full", 2.0, seed=seed, backbone="cnn1d", val_auc=0.90, val_log_loss=0.4)
+        grid.cell(y, "head", 3.0, seed=seed, backbone="cnn1d", val_auc=0.80, val_log_loss=0.4)
+        grid.cell(y, "scratch", 0.5, source="none", seed=seed, backbone="cnn1d", val_auc=0.7, val_log_loss=0.5)
+        grid.cell(y, "lp-ft", 1.0, seed=seed, backbone="gru", val_auc=0.85, val_log_loss=0.4)
+        grid.cell(y, "scratch", 3.0, source="none", seed=seed, backbone="gru", val_auc=0.7, val_log_loss=0.5)
+    table = _section(grid.report(), "Per backbone")
+    rows = {line.split(" | ")[2]: line for line in table.splitlines() if line.startswith("| 20 |")}
+    assert "| full ← cleveland |" in rows["cnn1d"]  # validation-chosen, though head is better on test
+    assert "| lp-ft ← cleveland |" in rows["gru"]
+    cnn_gain, gru_gain = (float(re.search(r"\| ([+-]\d\.\d{3}) \[", rows[b]).group(1)) for b in ("cnn1d", "gru"))
+    assert cnn_gain > 0 > gru_gain  # full beats a weak cnn1d scratch; lp-ft loses to a strong gru scratch
+
+
+def test_no_per_backbone_section_with_one_backbone(tmp_path):
+    grid = Grid(tmp_path)
+    y = grid.rng.integers(0, 2, N_TEST)
+    grid.cell(y, "full", 2.0, val_auc=0.9, val_log_loss=0.4)
+    grid.cell(y, "scratch", 0.5, source="none", val_auc=0.7, val_log_loss=0.5)
+    assert "Per backbone" not in grid.report()

@@ -30,6 +30,7 @@ ALL_STRATEGIES = {"scratch", "linear-probe", "head", "partial", "full", "lp-ft",
 TRAINED = sorted(ALL_STRATEGIES)
 ADAPTATION = {"dann", "coral", "mmd", "prior-shift", "prior-shift-bbse", "source-model"}  # tests/test_adaptation.py
 SELECTION = {"auto"}  # runs the others and keeps the best on validation: tests/test_auto.py
+TEXT = {"lora", "tfidf-lr"}  # need a text encoder / raw texts: tests/test_text.py
 
 
 def _split(n: int, g: torch.Generator, shift: float = 0.0) -> Split:
@@ -113,7 +114,7 @@ def _all_differ(a: dict, b: dict) -> bool:
 
 
 def test_every_registered_strategy_is_reachable():
-    assert set(STRATEGIES) == ALL_STRATEGIES | ADAPTATION | SELECTION
+    assert set(STRATEGIES) == ALL_STRATEGIES | ADAPTATION | SELECTION | TEXT
     for name in STRATEGIES:
         strategy = get_strategy(name)
         assert isinstance(strategy, Strategy) and strategy.name == name and strategy.summary

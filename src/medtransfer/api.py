@@ -93,7 +93,8 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
              progress=True, weights: bool = True, positive: str | None = None, threshold=None,
              calibrate: str = "none", class_weight: str | None = None, sampler: str | None = None,
              id: str | None = None, drop=(), layer_decay: float | None = None,  # noqa: A002 - `id` is --id
-             precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None) -> RunResult:
+             precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
+             text: str | None = None) -> RunResult:
 
     """Move a source model (or none, for `scratch`) to the target dataset `data` with `strategy`,
     using at most `budget` labelled target examples; evaluate on the target's test split.
@@ -103,7 +104,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     head per dataset, trained jointly, cached the same way). `split_seed` redraws the target's train/val/test
     split where medtransfer draws it (csv:, heart:, folder: without split folders): repeated hold-out
     for cohorts too small for one fixed test split. `target`/`group`: label and patient columns of a
-    csv: table; `id`: its identifier column (kept in predictions, never a feature); `drop`: columns to
+    csv: or text-csv: table; `text`: a text-csv: table's text column; `id`: its identifier column (kept in predictions, never a feature); `drop`: columns to
     leave out. `weights=False` saves the run without model.safetensors (grids keep predictions only).
     `progress`: True (bars), False, or a `medtransfer.progress.Progress`.
 
@@ -123,7 +124,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     return pipeline.transfer(TransferRequest(
         data, strategy, source, budget=budget, seed=seed, split_seed=split_seed, backbone=backbone,
         image_size=image_size, source_epochs=source_epochs, positive=positive, threshold=threshold,
-        calibrate=calibrate, loading=DataOptions(data_root, target, group, id, drop),
+        calibrate=calibrate, loading=DataOptions(data_root, target, group, id, drop, text),
         training=TrainOptions(epochs, lr, batch_size, patience, augment, class_weight, sampler, layer_decay, precision,
                               channels_last, compile),
         output=Output(out, overwrite, save, weights), accelerator=accelerator, n_boot=n_boot,
@@ -149,7 +150,7 @@ def pretrain(data: str | list[str], *, method: str = "supervised", backbone: str
         raise MedTransferError(f"{', '.join(ssl_only)} apply to --method simclr or moco, not supervised")
     train = {k: options.pop(k, None) for k in ("epochs", "lr", "batch_size", "patience", "augment", "class_weight",
                                                "sampler", "layer_decay", "precision", "channels_last", "compile")}
-    loading = {k: options.pop(k, None) for k in ("data_root", "target", "group")}
+    loading = {k: options.pop(k, None) for k in ("data_root", "target", "group", "text")}
     output = Output(out, overwrite, options.pop("save", True), options.pop("weights", True))
     request = PretrainRequest(data, method, backbone=backbone, seed=seed, image_size=options.pop("image_size", None),
                               loading=DataOptions(**loading), training=TrainOptions(**train), output=output,
@@ -198,9 +199,11 @@ def evaluate(run: str | Path, data: str | None = None, split: str = "test", data
 
 def predict(run: str | Path, inputs, data_root=None):
     """Class probabilities of a saved run for new inputs (a DataFrame, one row per input). `inputs`: a path
-    or str (a CSV of patients, an image, a folder of images) or a dataset spec (its test split); a pandas
-    DataFrame of patients (tabular models: encoded as its CSV would be); or images as a torch tensor or
-    numpy array (N, C, H, W) shaped like the training images, float in [0, 1] or uint8 in 0-255."""
+    or str (a CSV of patients, an image, a folder of images, a CSV of texts for a text model) or a dataset
+    spec (its test split); a pandas DataFrame of patients (tabular models: encoded as its CSV would be) or
+    of texts (text models: the run's text column, or one named text); or images as a torch tensor or
+    numpy array (N, C, H, W) shaped like the training images, float in [0, 1] or uint8 in 0-255; or
+    signals as an array (N, C, T) (or (N, T) for one channel) in the training recordings' units and rate."""
     import numpy as np
     import pandas as pd
     import torch
@@ -212,11 +215,37 @@ def predict(run: str | Path, inputs, data_root=None):
     if isinstance(inputs, pd.DataFrame):
         return predict_frame(run, inputs)
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
-        x = image_tensor(read_meta(Path(run)), inputs)
+        meta = read_meta(Path(run))
+        x = signal_tensor(meta, inputs) if meta["input"]["modality"] == "signal" else image_tensor(meta, inputs)
         return predict_tensor(run, x, [str(i) for i in range(len(x))])
     raise MedTransferError(f"cannot predict on a {type(inputs).__name__}: give a path (CSV, image or folder) or a "
-                           "dataset spec as a str or Path, a pandas DataFrame of patients, or images as a torch "
-                           "tensor or numpy array (N, C, H, W)")
+                           "dataset spec as a str or Path, a pandas DataFrame of patients, or images (N, C, H, W) or "
+                           "signals (N, C, T) as a torch tensor or numpy array")
+
+
+def signal_tensor(meta: dict, signals):
+    """Signals (N, C, T), or (N, T) for a one-channel model, as float32; the channels must be the model's."""
+    import logging
+
+    import torch
+
+    from .pipeline.reuse import check_signal_inputs
+
+    try:
+        x = torch.as_tensor(signals).detach().cpu().float()
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise MedTransferError(f"cannot read the signal array ({exc}): give numbers, (N, C, T)") from None
+    if x.ndim == 2 and meta["input"]["channels"] == 1:
+        x = x[:, None, :]
+    if x.ndim != 3 or len(x) == 0 or x.shape[2] == 0:
+        raise MedTransferError(f"signals must be an array (N, C, T) with N >= 1, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise MedTransferError("the signal array holds missing or infinite samples (NaN/inf); fill or trim them")
+    warnings: list[str] = []
+    check_signal_inputs(meta, x, "the signal array", warnings)
+    for warning in warnings:
+        logging.getLogger("medtransfer").warning(warning)
+    return x
 
 
 def image_tensor(meta: dict, images):

@@ -26,13 +26,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 
 DATA = typer.Option(..., "--data", "-d", help="dataset: medmnist:<flag>[@size], folder:<path>, csv:<path>, heart:<site>, "
-                    "shift:<kind>[:<strength>]:<dataset>")
-DATA_ROOT = typer.Option(None, "--data-root", envvar="MEDTRANSFER_DATA", help="folder with MedMNIST .npz files")
+                    "shift:<kind>[:<strength>]:<dataset>, signals: ucr:<prefix>, npz:<file>, "
+                    "signal-folder:<path>, eeg:bonn|delhi, texts: text-csv:<path>, text:symptom2disease "
+                    "(`medtransfer datasets` lists them)")
+DATA_ROOT = typer.Option(None, "--data-root", envvar="MEDTRANSFER_DATA", help="folder with MedMNIST .npz files (or, for "
+                         "ucr:NAME and eeg:NAME, with the signal files)")
 TARGET = typer.Option(None, "--target", help="label column (csv: datasets)")
 GROUP = typer.Option(None, "--group", help="patient column for patient-level splits (csv:, manifest:), or a DICOM "
                      "tag such as PatientID (folder:)")
 BACKBONE = typer.Option(None, "--backbone", help="timm name (resnet18, tf_efficientnet_lite0, convnext_atto), "
-                        "monai:resnet10 for 3D, mlp / mlp:64,32 / linear for tables")
+                        "monai:resnet10 for 3D, mlp / mlp:64,32 / linear for tables, cnn1d / lstm / gru "
+                        "(e.g. gru:hidden=64,bi,stride=4) for signals, minilm / a Hugging Face model folder / hf:<name> "
+                        "for texts")
 SEED = typer.Option(0, "--seed", help="seed for the label budget, initialisation and batches")
 OUT = typer.Option(None, "--out", "-o", help="run directory to write (default: runs/<data>_<strategy>_…)")
 OVERWRITE = typer.Option(False, "--overwrite", help="replace an existing run directory")
@@ -68,6 +73,8 @@ CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="2
                              "(faster on GPUs)")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the training steps (GPU; falls back with a "
                        "warning)")
+TEXT = typer.Option(None, "--text", help="the column holding the texts (text-csv: datasets; default: a column named "
+                   "text)")
 ID = typer.Option(None, "--id", help="identifier column of a csv: table (kept in predictions, never a feature)")
 DROP = typer.Option(None, "--drop", help="a column of a csv: table to leave out (repeatable)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
@@ -148,7 +155,7 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="simclr/moco: pretrain on this many "
                                                  "images drawn (seeded) from the pooled training images"),
              data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
-             overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
+             text: Optional[str] = TEXT, overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
     """Pretrain a source model: supervised on a labelled source dataset, or self-supervised (SimCLR, MoCo v2)
     on the images of one or more datasets, labels ignored. Every transfer strategy takes the run folder as
     --source (a self-supervised source always gets a new head for the target).
@@ -174,7 +181,7 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
     result = api.pretrain(data, method=method, backbone=backbone, out=out, seed=seed, epochs=epochs, lr=lr,
                           batch_size=batch_size, image_size=image_size, patience=patience, data_root=data_root,
                           target=target, group=group, overwrite=overwrite, accelerator=device, progress=not quiet,
-                          **ssl)
+                          **ssl, **({"text": text} if text else {}))
     if method == "supervised":
         show_result(result)
     else:
@@ -198,7 +205,8 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              help="transfer strategy, e.g. full, head, linear-probe, l2-sp, or the baseline scratch; "
              "`medtransfer strategies` lists them all with what each needs"),
              source: Optional[str] = typer.Option(None, "--source", help="run folder, weights file, "
-             "imagenet:efficientnet_lite0 (or _lite1, _lite2), timm:<name>, a source dataset (pretrained first, cached; "
+             "imagenet:efficientnet_lite0 (or _lite1, _lite2), timm:<name>, minilm or hf:<name> (texts), a source "
+             "dataset (pretrained first, cached; "
              "dann, coral, mmd and prior-shift need one), or multi:<dataset>,<dataset>,… (one backbone, a head per "
              "dataset, trained jointly)"),
              budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target examples: 40, 5%, all, "
@@ -211,7 +219,7 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              image_size: Optional[str] = IMAGE_SIZE, patience: Optional[int] = PATIENCE,
              source_epochs: Optional[int] = typer.Option(None, "--source-epochs", help="epochs when pretraining a source dataset"),
              data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
-             id_column: Optional[str] = ID, drop: Optional[List[str]] = DROP,
+             id_column: Optional[str] = ID, drop: Optional[List[str]] = DROP, text: Optional[str] = TEXT,
              positive: Optional[str] = POSITIVE, threshold: Optional[str] = THRESHOLD, calibrate: str = CALIBRATE,
              class_weight: Optional[str] = CLASS_WEIGHT, sampler: Optional[str] = SAMPLER,
              layer_decay: Optional[float] = LAYER_DECAY, precision: Optional[str] = PRECISION,
@@ -236,7 +244,7 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                           source_epochs=source_epochs, accelerator=device, progress=not quiet, positive=positive,
                           threshold=threshold, calibrate=calibrate, class_weight=class_weight, sampler=sampler,
                           id=id_column, drop=tuple(drop or ()), layer_decay=layer_decay, precision=precision,
-                          channels_last=channels_last, compile=compile_steps)
+                          channels_last=channels_last, compile=compile_steps, text=text)
     show_result(result)
 
 

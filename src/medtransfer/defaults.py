@@ -10,11 +10,15 @@ TRAINING = {
     "image2d": dict(epochs=15, batch_size=64, lr=1e-3, patience=5, augment=True, min_steps_per_epoch=10),
     "image3d": dict(epochs=20, batch_size=16, lr=1e-3, patience=5, augment=True, min_steps_per_epoch=10),
     "tabular": dict(epochs=100, batch_size=32, lr=3e-3, patience=20, augment=False),
+    # Signals: small data (ECG200 has 100 beats), cheap epochs; see the README's signal section for the numbers.
+    "signal": dict(epochs=100, batch_size=32, lr=1e-3, patience=20, augment=True, min_steps_per_epoch=10),
+    # Text: a pretrained encoder (MiniLM) fine-tuned for a few epochs; lr is the head's (backbone 0.1x in full).
+    "text": dict(epochs=6, batch_size=16, lr=3e-4, patience=3, augment=False, min_steps_per_epoch=10),
     "ssl": dict(epochs=50, batch_size=256, lr=1e-3, weight_decay=1e-4, patience=10**9, augment=True,
                 min_steps_per_epoch=1),
 }
 
-BACKBONES = {"image2d": "resnet18", "image3d": "monai:resnet10", "tabular": "mlp"}
+BACKBONES = {"image2d": "resnet18", "image3d": "monai:resnet10", "tabular": "mlp", "signal": "cnn1d", "text": "minilm"}
 IMAGE_SIZE = 64  # 2D images are resized to this: large enough for ResNet stems, small enough for CPUs
 MIN_IMAGE_SIZE = 8  # smaller is refused: a 2D backbone keeps no spatial map (and 0 once meant the default)
 IMAGENET_IMAGE_SIZE = 128  # ImageNet features need objects larger than 28 px; 128 px stays CPU-cheap
@@ -23,5 +27,9 @@ IMAGENET_IMAGE_SIZE = 128  # ImageNet features need objects larger than 28 px; 1
 # probes on 1280+ pretrained features with tens of labels: BreastMNIST at 10% (55 labels), EfficientNet-Lite0
 # at 224 px, 3 seeds: test AUC 0.790 -> 0.801 (Lite2: 0.749 -> 0.763); unchanged with all labels.
 C_GRID = (1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0)
+# TF-IDF rows are L2-normalised and not standardised: they need weaker regularisation (larger C).
+TFIDF_C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
+TFIDF_MAX_TERMS = 20000  # WordPiece unigrams and bigrams kept by the TF-IDF baseline (most frequent first)
 N_BOOT = 1000  # bootstrap resamples behind every 95% CI
 EVAL_BATCH_SIZE = 512  # batched inference
+TEXT_MAX_TOKENS = 128  # texts are truncated to this many WordPiece tokens (MiniLM was trained on 128-256)

@@ -21,12 +21,14 @@ from .schemes import (LABEL_OPTIONS, LOADERS, SCHEMES, LoadOptions, check_option
 
 
 def load_dataset(spec: str, *, data_root=None, target: str | None = None, group: str | None = None,
-                 id: str | None = None, drop=(), encoder=None, split_seed: int = 0) -> TaskDataset:  # noqa: A002
+                 id: str | None = None, drop=(), encoder=None, split_seed: int = 0,  # noqa: A002
+                 text: str | None = None) -> TaskDataset:
     """Load a dataset named by `scheme:argument`. `encoder` (tabular) reuses a source's encoding.
-    `id`: a csv: table's identifier column; `drop`: its columns that are not features (a name or names)."""
+    `id`: a csv: table's identifier column; `drop`: its columns that are not features (a name or names);
+    `text`: a text-csv: table's text column."""
     drop = (drop,) if isinstance(drop, str) else tuple(drop or ())
     return load_spec(spec, LoadOptions(data_root=data_root, target=target, group=group, encoder=encoder,
-                                       split_seed=split_seed, id=id, drop=drop))
+                                       split_seed=split_seed, id=id, drop=drop, text=text))
 
 
 def require_classes(dataset: TaskDataset, spec: str) -> None:

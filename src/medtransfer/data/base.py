@@ -11,13 +11,14 @@ import torch
 from ..errors import MedTransferError
 
 Task = Literal["binary", "multiclass", "multilabel"]
-Modality = Literal["image2d", "image3d", "tabular"]
+Modality = Literal["image2d", "image3d", "tabular", "signal", "text"]
 SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass
 class Split:
-    """x: float32 images (N, C, H, W[, D]) scaled to [0, 1], or tabular features (N, F).
+    """x: float32 images (N, C, H, W[, D]) scaled to [0, 1], tabular features (N, F), or signals (N, C, T)
+    in their recorded units (standardised by the model's preprocess, with statistics of its training data).
     y: int64 (N,) class indices, or float32 (N, L) for multi-label.
     ids: one text per example saying which one it is (an image's path, a table's row or patient id), so
     a prediction can be traced back to the patient; None when the loader knows none."""

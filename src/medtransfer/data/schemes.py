@@ -27,6 +27,7 @@ class LoadOptions:
     split_seed: int = 0  # seeds the split of schemes that draw their own
     id: str | None = None  # identifier column (csv): each row's id, never a feature
     drop: tuple[str, ...] = ()  # columns that are not features (csv)
+    text: str | None = None  # the column holding the texts (text-csv)
 
 
 Loader = Callable[[str, LoadOptions], TaskDataset]
@@ -51,7 +52,7 @@ SCHEMES = _HelpTexts()  # what `medtransfer datasets` and the "bad dataset" mess
 
 
 # Every option a scheme may read, with its flag: refused where no dataset of a request reads it.
-OPTION_FLAGS = {"target": "--target", "group": "--group", "id": "--id", "drop": "--drop"}
+OPTION_FLAGS = {"target": "--target", "group": "--group", "id": "--id", "drop": "--drop", "text": "--text"}
 LABEL_OPTIONS = tuple(OPTION_FLAGS)
 
 

@@ -11,15 +11,20 @@ from .metrics.kernels import _LOG_EPS
 
 
 def selection_score(y: np.ndarray, prob: np.ndarray, task: str) -> float:
-    """Validation AUC used for model selection (accuracy when AUC is undefined)."""
+    """Validation AUC used for model selection (accuracy when AUC is undefined). Multiclass: the mean
+    one-vs-rest AUC over the classes the validation split holds (a rare class absent from a small split,
+    like ECG5000's 2 unclassified beats in 500, would otherwise make the AUC undefined at every epoch)."""
     from sklearn.metrics import roc_auc_score
 
     if task == "binary":
         score = binary_auc(y, prob[:, 1])
+    elif task == "multiclass":
+        present = [k for k in range(prob.shape[1]) if 0 < (y == k).sum() < len(y)]
+        score = float(np.mean([binary_auc((y == k).astype(int), prob[:, k]) for k in present])) if present \
+            else float("nan")
     else:
         try:
-            score = roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=range(prob.shape[1])) \
-                if task == "multiclass" else roc_auc_score(y, prob, average="macro")
+            score = roc_auc_score(y, prob, average="macro")
         except ValueError:
             score = float("nan")
     if math.isnan(score):

@@ -49,6 +49,7 @@ class ExperimentConfig(BaseModel):
     group_column: str | None = None
     id_column: str | None = None
     drop_columns: list[str] = []
+    text_column: str | None = None  # text-csv: targets
     # The clinical evaluation of every cell (see `medtransfer transfer --help`), chosen on validation.
     positive: str | None = None
     threshold: str | float | None = None

@@ -71,4 +71,5 @@ def settings_of(config: ExperimentConfig) -> dict:
     """What changes a cell's result besides its coordinates (the data root does not)."""
     settings = {"train": config.train.model_dump(), "target_column": config.target_column,
                 "group_column": config.group_column}
+    settings |= {"text_column": config.text_column} if config.text_column else {}  # old grids keep their cell ids
     return settings | ({"resplit": True} if config.resplit else {})  # old grids keep their cell ids

@@ -46,7 +46,7 @@ def cell_request(cell: Cell, out: Path, config: ExperimentConfig, data_root: str
         image_size=train.image_size, source_epochs=train.source_epochs, positive=config.positive,
         threshold=config.threshold, calibrate=config.calibrate,
         loading=DataOptions(data_root, config.target_column, config.group_column, config.id_column,
-                            tuple(config.drop_columns)).used_by(cell.target, cell.source),
+                            tuple(config.drop_columns), config.text_column).used_by(cell.target, cell.source),
         training=TrainOptions(train.epochs, train.lr, train.batch_size, train.patience, train.augment,
                               train.class_weight, train.sampler, train.layer_decay, train.precision,
                               train.channels_last, train.compile),

@@ -79,6 +79,15 @@ def row(cell: Cell, folder: Path, out: Path) -> dict:
     return values
 
 
+def mlflow_name(name: str) -> str:
+    """A metric name MLflow accepts (alphanumerics, _ - . space : /): a per-class metric such as
+    `test_sensitivity[Common Cold]` becomes `test_sensitivity.Common Cold`, any other character `_`."""
+    import re
+
+    name = name.replace("[", ".").replace("]", "")
+    return re.sub(r"[^\w\-. :/]", "_", name)
+
+
 def validation_columns(metrics: dict) -> dict:
     """The validation scores a report may choose a method by (empty when validation had no labels)."""
     val = metrics.get("val") or {}
@@ -278,7 +287,7 @@ class Tracker:
         params = {k: config.get(k) for k in ("data", "strategy", "source", "budget", "seed", "split_seed",
                                               "backbone", "n_train_labels", "n_val_labels", "n_test")}
         params.update({f"train.{k}": v for k, v in config["train"].items() if k != "progress"})
-        values = {f"{split}_{name}{suffix}": v for split in ("val", "test")
+        values = {mlflow_name(f"{split}_{name}{suffix}"): v for split in ("val", "test")
                   for name, m in metrics.get(split, {}).items()
                   for suffix, v in (("", m["value"]), ("_ci_low", m["ci"][0]), ("_ci_high", m["ci"][1]))}
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],

@@ -30,12 +30,15 @@ DEFAULT_BACKBONES = defaults.BACKBONES
 
 @dataclass
 class InputSpec:
-    modality: str  # image2d | image3d | tabular
+    modality: str  # image2d | image3d | tabular | signal
     channels: int = 0  # channels the backbone takes (0 for tabular)
     size: int | None = None  # images are resized to size (2D) before the backbone
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     features: list[str] = field(default_factory=list)  # tabular feature names, in order
+    rate: float | None = None  # signals: the sampling rate (Hz) the model was trained at, when known
+    length: int | None = None  # signals: the training recordings' length in samples
+    tokenizer: str | None = None  # text: the tokenizer the ids come from, name#vocabulary digest
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,9 +61,9 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std).expand(channels).clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spec.modality == "tabular":
+        if self.spec.modality in ("tabular", "text"):  # text: token ids and mask go to the encoder as they are
             return x
-        if x.shape[1] == 1 and self.spec.channels == 3:
+        if x.shape[1] == 1 and self.spec.channels == 3 and self.spec.modality.startswith("image"):
             x = x.expand(-1, 3, *x.shape[2:])
         if self.spec.modality == "image2d" and self.spec.size and x.shape[-1] != self.spec.size:
             x = F.interpolate(x, size=(self.spec.size, self.spec.size), mode="bilinear", align_corners=False)
@@ -126,6 +129,24 @@ def create_model(architecture: dict, spec: InputSpec, num_outputs: int) -> Class
     return Classifier(backbone, width, num_outputs, spec, architecture)
 
 
+def spec_for(dataset, image_size: int | str | None = None) -> InputSpec:
+    """`default_spec` for a loaded TaskDataset: its modality, channels, features, training inputs and rate."""
+    return default_spec(dataset.modality, dataset.in_channels, dataset.info.get("features"), image_size,
+                        dataset.train.x if dataset.modality == "signal" else None, dataset.info.get("rate"),
+                        dataset.info.get("tokenizer"))
+
+
+def channel_statistics(x: torch.Tensor | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of signals (N, C, T); (0, 1) per channel without data.
+    A flat channel gets std 1 (dividing by ~0 would blow its noise up)."""
+    if x is None or len(x) == 0:
+        return (0.0,) * channels, (1.0,) * channels
+    x = x.double().transpose(0, 1).reshape(channels, -1)
+    mean, std = x.mean(dim=1), x.std(dim=1)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
 NATIVE = "native"  # --image-size native: each ImageNet/timm source at the resolution it was trained at
 
 
@@ -144,9 +165,18 @@ def pick_size(image_size: int | str | None, default: int, native: int | None = N
 
 
 def default_spec(modality: str, channels: int, features: list[str] | None = None,
-                 image_size: int | None = None) -> InputSpec:
-    """Input spec for a model trained from scratch on this data."""
+                 image_size: int | None = None, train_x: torch.Tensor | None = None,
+                 rate: float | None = None, tokenizer: str | None = None) -> InputSpec:
+    """Input spec for a model trained from scratch on this data. Signals are standardised per channel
+    with the mean and standard deviation of `train_x` (the training split's inputs: no labels), kept in
+    the spec so that predictions on new recordings are standardised the same way."""
     if modality == "tabular":
         return InputSpec("tabular", features=list(features or []), mean=(0.0,), std=(1.0,))
+    if modality == "text":  # (N, 2, L) token ids and attention mask: nothing to resize or standardise
+        return InputSpec("text", channels=channels, mean=(0.0,), std=(1.0,), tokenizer=tokenizer)
+    if modality == "signal":
+        mean, std = channel_statistics(train_x, channels)
+        length = int(train_x.shape[-1]) if train_x is not None and train_x.ndim == 3 else None
+        return InputSpec("signal", channels=channels, mean=mean, std=std, rate=rate, length=length)
     size = pick_size(image_size, DEFAULT_IMAGE_SIZE) if modality == "image2d" else None
     return InputSpec(modality, channels=channels, size=size, mean=(0.5,) * channels, std=(0.5,) * channels)

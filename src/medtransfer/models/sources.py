@@ -51,6 +51,11 @@ def read_source_model(spec: str, modality: str, channels: int, backbone: str | N
                       image_size: int | None = None, n_features: int = 0) -> Source:
     """The source model as its weights hold it (its own channels)."""
     path = Path(spec).expanduser()
+    pretrained = pretrained_kind(spec)
+    if pretrained is not None:  # a text encoder as pretrained: minilm, a Hugging Face folder, hf:<name>
+        arch = pretrained.describe(spec, channels, n_features)
+        spec_ = InputSpec(pretrained.modality, 2, mean=(0.0,), std=(1.0,), tokenizer=arch.get("tokenizer"))
+        return Source(create_model(arch, spec_, num_outputs=1), f"pretrained {pretrained.modality} encoder {spec}")
     directory = run_folder(spec)
     if directory is not None:
         model, meta = load_checkpoint(directory)
@@ -83,6 +88,19 @@ def read_source_model(spec: str, modality: str, channels: int, backbone: str | N
         return Source(load_weights_file(path, modality, channels, backbone, image_size, n_features),
                       f"weights {path}")
     raise MedTransferError(f"source {spec!r} is not a run folder, weights file, imagenet:…, timm:… or dataset")
+
+
+def pretrained_kind(spec: str):
+    """The backbone kind whose names are pretrained models themselves (text encoders), when one claims `spec`."""
+    return next((k for k in KINDS.values() if getattr(k, "pretrained", False) and k.claims(spec)), None)
+
+
+def check_tokenizer(model_tokenizer: str | None, data_tokenizer: str | None) -> None:
+    """Text: the ids must come from the model's own vocabulary (name#digest; the digest decides)."""
+    if model_tokenizer and data_tokenizer and model_tokenizer.partition("#")[2] != data_tokenizer.partition("#")[2]:
+        raise MedTransferError(f"tokenizer mismatch: the model reads token ids of {model_tokenizer}, the texts were "
+                               f"tokenised with {data_tokenizer}; use a model built on the same vocabulary (e.g. "
+                               "--backbone minilm or --source minilm)")
 
 
 def with_backbone(arch: dict, spec: InputSpec, backbone: torch.nn.Module) -> Classifier:
@@ -132,12 +150,40 @@ def fit_channels(model: Classifier, channels: int) -> tuple[Classifier, str | No
     (summing with their mean is not), and the checkpoint still takes RGB images too. Raises
     MedTransferError with the one-line reason when the channels cannot be bridged."""
     spec = model.spec
-    if spec.modality == "tabular" or spec.channels == channels:
+    if spec.modality in ("tabular", "signal", "text") or spec.channels == channels:  # signals: leads do not adapt
         return model, None
     if spec.channels == 3 and channels == 1:
         return model, ("grey target images repeated to the source's 3 input channels (equal to summing its first "
                        "convolution's weights, timm adapt_input_conv)")
     return adapt_channels(model, channels)
+
+
+def check_signal(spec, channels: int, rate: float | None) -> None:
+    """Signals: the same number of channels (leads) in the same order, and the same sampling rate."""
+    if channels != spec.channels:
+        raise MedTransferError(f"channel mismatch: the model takes signals with {spec.channels} channel(s), these "
+                               f"have {channels}; give recordings with the same {spec.channels} lead(s), in the same "
+                               "order, as the model was trained on")
+    source_rate = getattr(spec, "rate", None)
+    if source_rate and rate and abs(source_rate - rate) > 1e-6 * source_rate:
+        raise MedTransferError(f"sampling-rate mismatch: the model was trained on signals at {source_rate:g} Hz, "
+                               f"these are at {rate:g} Hz; resample them to the model's rate (e.g. "
+                               f"eeg:delhi@{source_rate:g}hz)")
+
+
+def length_warning(spec, target) -> str | None:
+    """Signals without a sampling rate on both sides (UCR beats, folders of files): when the source's
+    recordings had another length, say so. The backbones pool over time, so it runs, but a 96-sample beat
+    read by a model of 140-sample beats is a faster heart to it."""
+    source_length = getattr(spec, "length", None)
+    if spec.modality != "signal" or not source_length or (spec.rate and target.info.get("rate")):
+        return None
+    length = int(target.train.x.shape[-1]) if len(target.train.x) else None
+    if length is None or length == source_length:
+        return None
+    return (f"the source model was trained on recordings of {source_length} samples, {target.name} has {length}; "
+            f"without sampling rates nothing says they span the same time: if they do (one beat each), resample "
+            f"the target to the source's length with @{source_length}")
 
 
 def fit_source(source: Source, modality: str, channels: int) -> Source:
@@ -153,15 +199,23 @@ def fit_source(source: Source, modality: str, channels: int) -> Source:
 
 
 def check_compatible(model: Classifier, modality: str, channels: int, features: list[str] | None,
-                     adapt: bool = False) -> None:
+                     adapt: bool = False, rate: float | None = None, tokenizer: str | None = None) -> None:
     """Source and target must agree on what goes in: modality, channels, tabular feature encoding.
     Grey images always go into an RGB model (its preprocess repeats them). `adapt=True` (a transfer,
     which runs `fit_source` before training) accepts any other mismatch `fit_channels` can bridge;
     `model` may then be anything with a `.spec` (preflight checks a source dataset's spec before
-    pretraining it). Without it (a saved model evaluated on other data) the channels must match."""
+    pretraining it). Without it (a saved model evaluated on other data) the channels must match.
+    Signals must also match in sampling rate (`rate`, when both sides know theirs): a model that learnt
+    rhythms at 173.61 Hz reads a 200 Hz recording as slowed down."""
     spec = model.spec
     if spec.modality != modality:
         raise MedTransferError(f"source model takes {spec.modality} inputs but the target is {modality}")
+    if modality == "signal":
+        check_signal(spec, channels, rate)
+        return
+    if modality == "text":
+        check_tokenizer(getattr(spec, "tokenizer", None), tokenizer)
+        return
     if modality != "tabular" and channels != spec.channels and not (spec.channels == 3 and channels == 1):
         if not adapt:
             raise MedTransferError(f"channel mismatch: the source model takes {spec.channels} channels, the target "

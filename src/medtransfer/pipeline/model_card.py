@@ -283,8 +283,9 @@ def subgroups(config: dict, metrics: dict) -> str:
         lines.append(f"The target's features: {', '.join(features) if features else NOT_RECORDED}."
                      + (f" Of these, {', '.join(strata)} can define strata to check." if strata else ""))
     else:
-        lines.append("The inputs are images: no subgroup attributes are recorded with them; strata need the "
-                     "cohort's metadata (e.g. patient sex and age, acquisition site or scanner).")
+        kind = "signals" if spec.get("modality") == "signal" else "images"
+        lines.append(f"The inputs are {kind}: no subgroup attributes are recorded with them; strata need the "
+                     "cohort's metadata (e.g. patient sex and age, acquisition site or device).")
     return "## Subgroups\n\n" + "\n\n".join(lines)
 
 

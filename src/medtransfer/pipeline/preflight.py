@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 from ..data import TaskDataset, apply_budget, require_classes
 from ..errors import MedTransferError
-from ..models.backbones import default_spec, describe
+from ..models.backbones import describe, spec_for
 from ..models.sources import check_compatible, load_source_model
 from ..strategies import STRATEGIES
 from .multi_source import check_multi_strategy, is_multi_source
@@ -56,9 +56,10 @@ def check(request: TransferRequest, cache: dict) -> None:
     target = load_target(request, source_data, cache)
     require_classes(target, request.data)
     check_target(request, target)
-    if not strategy.uses_backbone and target.modality != "tabular":
-        raise MedTransferError(f"{strategy.name} is a tabular baseline, but {request.data} is {target.modality}; "
-                               "for images use scratch or a transfer strategy")
+    if strategy.modalities and target.modality not in strategy.modalities:
+        raise MedTransferError(f"{strategy.name} is a {' or '.join(strategy.modalities)} baseline, but {request.data} "
+                               f"is {target.modality}; for {'images' if target.modality.startswith('image') else 'it'} "
+                               "use scratch or a transfer strategy")
     if strategy.needs_unlabelled_target and len(target.train) == 0:
         raise MedTransferError(f"{strategy.name} needs unlabelled target examples; the training split of "
                                f"{request.data} is empty")
@@ -95,10 +96,9 @@ def check_source(request: TransferRequest, strategy, target: TaskDataset, source
     elif source_data is not None:  # pretrained here first: its input spec is known without training it
         describe(request.backbone, source_data.modality, source_data.in_channels,
                  len(source_data.info.get("features") or []))
-        spec = default_spec(source_data.modality, source_data.in_channels, source_data.info.get("features"),
-                            request.image_size)
+        spec = spec_for(source_data, request.image_size)
         classes = source_data.classes
-    elif request.source.startswith("timm:"):
+    elif request.source.startswith(("timm:", "hf:")):
         return None  # its weights come from the network: checked when the run fetches them
     else:
         key = ("model", request.source, target.modality, target.in_channels, request.backbone, request.image_size)
@@ -106,7 +106,8 @@ def check_source(request: TransferRequest, strategy, target: TaskDataset, source
                                                               request.backbone, request.image_size,
                                                               len(features or [])))
         spec, classes = source.model.spec, source.classes
-    check_compatible(SimpleNamespace(spec=spec), target.modality, target.in_channels, features, adapt=True)  # .spec
+    check_compatible(SimpleNamespace(spec=spec), target.modality, target.in_channels, features, adapt=True,
+                     rate=target.info.get("rate"), tokenizer=target.info.get("tokenizer"))  # .spec
     return classes
 
 

@@ -22,7 +22,7 @@ from ..data import TaskDataset, apply_budget, check_options_used, is_dataset_spe
 from ..errors import MedTransferError
 from ..evaluation import grid_choice_key
 from ..evaluation.transferability import leep, logme, nce
-from ..models.backbones import default_spec
+from ..models.backbones import spec_for
 from ..models.checkpoint import read_meta
 from ..models.inference import extract_features, predict_proba
 from ..models.sources import Source, check_compatible, fit_source, run_folder
@@ -191,12 +191,12 @@ def score_source(request: RankRequest, spec: str, targets: dict) -> SourceScore:
         target = encoded_target(request, spec, source_data, targets)
         features = target.info.get("features")
         if source_data is not None:  # what its pretraining would build, checked before pretraining it
-            planned = default_spec(source_data.modality, source_data.in_channels, source_data.info.get("features"),
-                                   request.image_size)
-            check_compatible(SimpleNamespace(spec=planned), target.modality, target.in_channels, features, adapt=True)
+            planned = spec_for(source_data, request.image_size)
+            check_compatible(SimpleNamespace(spec=planned), target.modality, target.in_channels, features, adapt=True,
+                             rate=target.info.get("rate"))
         source = resolve_source(transfer, get_strategy(VIEW_STRATEGY), target, source_data)
         source = fit_source(source, target.modality, target.in_channels)
-        check_compatible(source.model, target.modality, target.in_channels, features)
+        check_compatible(source.model, target.modality, target.in_channels, features, rate=target.info.get("rate"))
         row = scores_of(request, spec, source, head_task(spec, source_data), target)
     except MedTransferError as exc:
         row = SourceScore(spec, refused=str(exc))

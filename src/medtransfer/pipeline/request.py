@@ -59,6 +59,7 @@ class DataOptions:
     group: str | None = None  # patient/group column (csv:, manifest:) or DICOM tag (folder:)
     id: str | None = None  # identifier column (csv:): kept as the row's id, never a feature
     drop: tuple[str, ...] = ()  # columns that are not features (csv:)
+    text: str | None = None  # the column holding the texts (text-csv:)
 
     def __post_init__(self):
         drop = (self.drop,) if isinstance(self.drop, str) else tuple(self.drop or ())
@@ -66,11 +67,11 @@ class DataOptions:
 
     def load(self, spec: str, encoder=None, split_seed: int = 0) -> TaskDataset:
         return load_dataset(spec, data_root=self.data_root, target=self.target, group=self.group, id=self.id,
-                            drop=self.drop, encoder=encoder, split_seed=split_seed)
+                            drop=self.drop, encoder=encoder, split_seed=split_seed, text=self.text)
 
     def columns(self) -> dict:
         """The column options by name, as `check_options_used` takes them."""
-        return dict(target=self.target, group=self.group, id=self.id, drop=self.drop)
+        return dict(target=self.target, group=self.group, id=self.id, drop=self.drop, text=self.text)
 
     def used_by(self, *specs: str | None) -> "DataOptions":
         """These options without a label or group column that none of `specs` reads (a grid-wide
@@ -80,7 +81,8 @@ class DataOptions:
         used = frozenset().union(*(reads(s) for s in specs))
         return replace(self, target=self.target if "target" in used else None,
                        group=self.group if "group" in used else None,
-                       id=self.id if "id" in used else None, drop=self.drop if "drop" in used else ())
+                       id=self.id if "id" in used else None, drop=self.drop if "drop" in used else (),
+                       text=self.text if "text" in used else None)
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,10 @@ def evaluate(run: str | Path, data: str | None = None, split: str = "test", data
     same_data = data == config.get("data")  # its own dataset: the split the run was tested on
     dataset = load_dataset(data, data_root=data_root or config.get("data_root"), target=config.get("target"),
                            group=config.get("group"), id=config.get("id_column"), drop=tuple(config.get("drop") or ()),
+                           text=config.get("text_column"),
                            encoder=encoder, split_seed=config.get("split_seed", 0) if same_data else 0)
-    check_compatible(model, dataset.modality, dataset.in_channels, dataset.info.get("features"))
+    check_compatible(model, dataset.modality, dataset.in_channels, dataset.info.get("features"),
+                     rate=dataset.info.get("rate"), tokenizer=dataset.info.get("tokenizer"))
     for warning in dataset.info.get("warnings", []):
         log.warning(warning)
     part = dataset.split(split)
@@ -139,6 +141,11 @@ def predict_frame(run: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
     run = Path(run)
     model, meta = load_checkpoint(run)
     require_classifier(meta, run)
+    if meta["input"]["modality"] == "text":  # a table of texts
+        from ..data.text import frame_inputs
+        x, ids, id_name = frame_inputs(frame, "the DataFrame", meta.get("text_column"), meta["input"].get("tokenizer"),
+                                       meta.get("id_column"))
+        return probability_frame(model, meta, x, ids, [], id_name)
     if not meta.get("encoder"):
         raise MedTransferError(f"a table of patients fits a tabular model, but {run} takes "
                                f"{meta['input']['modality']} inputs: give image files or a dataset spec")
@@ -180,6 +187,12 @@ def check_inputs(model, x: torch.Tensor) -> None:
     if spec.modality == "tabular":
         ok = x.ndim == 2 and (not spec.features or x.shape[1] == len(spec.features))
         wanted = f"(N, {len(spec.features)}) encoded features"
+    elif spec.modality == "text":
+        ok = x.ndim == 3 and x.shape[1] == 2 and not x.is_floating_point()
+        wanted = "token ids and attention masks (N, 2, L), int64"
+    elif spec.modality == "signal":
+        ok = x.ndim == 3 and x.shape[1] == spec.channels
+        wanted = f"signals (N, {spec.channels}, T) with {spec.channels} channel(s)"
     else:
         ndim = 4 if spec.modality == "image2d" else 5
         ok = x.ndim == ndim and x.shape[1] in (spec.channels, 1)
@@ -225,6 +238,11 @@ def read_inputs(meta: dict, inputs: str, data_root=None,
             raise MedTransferError(f"no PNG/JPEG/DICOM images in {path}")
         channels, size = decoded_layout(meta)
         return decode_images(files, size, channels), [str(f) for f in files], "input"
+    if path.is_file() and meta["input"]["modality"] == "text":  # a CSV/TSV of texts, tokenised as in training
+        from ..data.text import read_text_inputs
+        return read_text_inputs(path, meta.get("text_column"), meta["input"].get("tokenizer"), meta.get("id_column"))
+    if path.exists() and meta["input"]["modality"] == "signal":
+        return (*read_signal_inputs(meta, path, warnings), "input")
     if is_dataset_spec(inputs):
         encoder = TabularEncoder.from_dict(meta["encoder"]) if meta.get("encoder") else None
         dataset = load_dataset(inputs, data_root=data_root, encoder=encoder)
@@ -232,6 +250,29 @@ def read_inputs(meta: dict, inputs: str, data_root=None,
         return dataset.test.x, dataset.test.id_list("test"), "input"
     raise MedTransferError(f"cannot predict on {inputs!r}: give a CSV file, an image or folder of images, "
                            "or a dataset such as medmnist:pneumoniamnist")
+
+
+def read_signal_inputs(meta: dict, path: Path, warnings: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """A recording file, or a folder of them, through the reader signal-folder: uses; recordings of
+    another length than the training ones are kept (the backbones pool over time) with a warning."""
+    from ..data.signals import read_signal_file, signal_files, stack_recordings
+
+    files = [path] if path.is_file() else signal_files(path)
+    if not files:
+        raise MedTransferError(f"no .npy/.csv/.tsv/.txt recordings in {path}")
+    x = torch.from_numpy(stack_recordings([read_signal_file(f) for f in files], [str(f) for f in files]))
+    check_signal_inputs(meta, x, str(path), warnings)
+    return x, [str(f) for f in files]
+
+
+def check_signal_inputs(meta: dict, x: torch.Tensor, where: str, warnings: list[str]) -> None:
+    shape, channels = meta.get("data_shape"), meta["input"]["channels"]
+    if x.shape[1] != channels:
+        raise MedTransferError(f"{where}: the recordings have {x.shape[1]} channel(s), the model takes {channels}; give "
+                               "the leads the model was trained on, one column (or row of a .npy) each")
+    if shape and len(shape) == 2 and x.shape[2] != shape[1]:
+        warnings.append(f"{where}: recordings of {x.shape[2]} samples, the training ones had {shape[1]}; the model "
+                        "pools over time, so this runs, but only recordings at the training sampling rate are valid")
 
 
 def decoded_layout(meta: dict) -> tuple[int, tuple[int, int] | int | None]:

@@ -16,9 +16,9 @@ from ..errors import MedTransferError
 from ..evaluation import compute_metrics
 from ..evaluation.calibration import check_calibration
 from ..evaluation.threshold import parse_rule
-from ..models.backbones import Classifier, default_spec, describe
+from ..models.backbones import Classifier, describe, spec_for
 from ..models.inference import predict_proba
-from ..models.sources import Source, check_compatible, fit_source
+from ..models.sources import Source, check_compatible, check_tokenizer, fit_source, length_warning
 from ..progress import SILENT
 from ..runs import predictions_frame
 from ..strategies import Strategy, TransferContext, get_strategy
@@ -38,13 +38,15 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
     features = target.info.get("features")
     if source is not None:
         source = fit_source(source, target.modality, target.in_channels)  # a grey source on RGB images, or back
-        check_compatible(source.model, target.modality, target.in_channels, features)
+        check_compatible(source.model, target.modality, target.in_channels, features, rate=target.info.get("rate"),
+                         tokenizer=target.info.get("tokenizer"))
     budgeted = apply_budget(target, request.budget, request.seed)
     if source is not None:
         architecture, spec = source.model.architecture, source.model.spec
     else:
         architecture = describe(request.backbone, target.modality, target.in_channels, len(features or []))
-        spec = default_spec(target.modality, target.in_channels, features, request.image_size)
+        spec = spec_for(target, request.image_size)
+        check_tokenizer(architecture.get("tokenizer"), target.info.get("tokenizer"))  # text: same vocabulary
     config = request.training.config(target.modality, request.seed, request.accelerator,
                                      progress=request.progress is not SILENT)
     ctx = TransferContext(budgeted, config, architecture, spec, source.model if source else None, source_data,
@@ -67,11 +69,12 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
         "classes": target.classes, "task": target.task, "positive": positive.name if positive else None,
         "positive_rule": positive.how if positive else None, "threshold": decision.point.rule,
         "calibrate": request.calibrate, "id_column": loading.id, "drop": list(loading.drop),
+        "text_column": target.info.get("text_column"),
         "strategy_notes": ctx.notes, "versions": versions(),
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     warnings = [*target.info.get("warnings", []), *fit_warnings(fit, source is not None), *decision.warnings,
-                *test_notes]
+                *test_notes, *filter(None, [length_warning(spec, target) if source is not None else None])]
     result = RunResult(model, metrics, predictions, resolved, None, budgeted, warnings)
     if out is not None:
         write_run(result, out, target, fit.history if fit else [], request.output.weights,

@@ -64,6 +64,10 @@ def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[
     extra = dict(decided or {})
     if result.config.get("id_column"):
         extra["id_column"] = result.config["id_column"]
+    if result.config.get("text_column"):  # text: the column `predict` reads texts from
+        extra["text_column"] = result.config["text_column"]
+    if result.config.get("strategy_notes"):  # what the strategy did to the weights (e.g. LoRA merged)
+        provenance["strategy_notes"] = result.config["strategy_notes"]
     save_checkpoint(stage, result.model, dataset.task, dataset.classes, encoder, provenance, weights,
                     data_shape=data_shape, extra=extra)
     write_json(stage / "config.json", result.config)

@@ -37,7 +37,8 @@ def shift(request: ShiftRequest, write_report=None) -> ShiftDiagnosis:
         raise MedTransferError(f"{source} is {src.modality} but {target} is {tgt.modality}: compare like with like")
     missing = missing_rates(src, tgt) if src.modality == "tabular" else []
     if source_model is not None:
-        check_compatible(source_model, src.modality, src.in_channels, src.info.get("features"))
+        check_compatible(source_model, src.modality, src.in_channels, src.info.get("features"),
+                         rate=src.info.get("rate"))
         trained_on = (meta.get("provenance") or {}).get("data")
         description = f"run {request.model}" + (f" (trained on {trained_on})" if trained_on else "")
         if trained_on and trained_on != source:

@@ -10,14 +10,15 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 from .. import __version__
 from ..data import TaskDataset, dataset_fingerprint, is_dataset_spec
 from ..data.tabular import TabularEncoder
-from ..models.backbones import default_spec, describe
+from ..models.backbones import describe, spec_for
 from ..models.checkpoint import load_checkpoint, read_meta
-from ..models.sources import Source, load_source_model, run_folder
+from ..models.sources import Source, check_compatible, load_source_model, run_folder
 from ..runs import check_writable
 from ..strategies import Strategy
 from ..training.loop import resolve_accelerator
@@ -60,6 +61,10 @@ def resolve_source(request: TransferRequest, strategy: Strategy, target: TaskDat
                                  request.image_size, len(target.info.get("features") or []))
     if not strategy.needs_source_model:
         return None
+    # what its pretraining would build must fit the target: refused now, not after the pretraining
+    check_compatible(SimpleNamespace(spec=spec_for(source_data, request.image_size)), target.modality,
+                     target.in_channels, target.info.get("features"), adapt=True, rate=target.info.get("rate"),
+                     tokenizer=target.info.get("tokenizer"))
     folder = pretrained_source(request, source_data)
     model, meta = load_checkpoint(folder)
     return Source(model, f"pretrained on {request.source} ({folder})", meta["classes"], meta.get("encoder"))
@@ -93,7 +98,7 @@ def source_cache_key(request: TransferRequest, source_data: TaskDataset) -> str:
     `--backbone resnet18` and no --backbone (the 2D default) are one entry, not two pretrainings."""
     modality, features = source_data.modality, source_data.info.get("features")
     architecture = describe(request.backbone, modality, source_data.in_channels, len(features or []))
-    spec = default_spec(modality, source_data.in_channels, features, request.image_size)
+    spec = spec_for(source_data, request.image_size)
     train = asdict(TrainOptions(epochs=request.source_epochs).config(modality, 0, request.accelerator))
     train.pop("progress")
     train["accelerator"] = resolve_accelerator(request.accelerator)

@@ -617,6 +617,44 @@ def _comparisons(view: TargetView) -> list[Block]:
     return blocks + [Bullets(sentences)]
 
 
+def _per_backbone(view: TargetView) -> list[Block]:
+    """With several backbones: the validation-chosen transfer method of each backbone against scratch on that
+    same backbone, per budget (does the source help this network?). Chosen by the same validation rule."""
+    def backbone(s: dict) -> str:
+        return str(s["rows"]["backbone"].iloc[0])
+
+    backbones = sorted({backbone(s) for s in view.stats.values()})
+    if len(backbones) < 2:
+        return []
+    rows = []
+    for b in view.budgets:
+        here = view.at(b)
+        for net in backbones:
+            cands = {m: s for m, s in _candidates(view.stats, b).items() if backbone(s) == net}
+            if not cands:
+                continue
+            chosen = min(cands, key=lambda m: _choice_key(cands[m], m))
+            s = here[chosen]
+            line = [b, view.n_of[b], net, chosen, _fmt_score(s["val_auc"]), _fmt(s["auc"], s["ci"])]
+            other = next((m for m, t in here.items() if NO_SOURCE.matches(t["strategy"]) and backbone(t) == net), None)
+            if other is None:
+                rows.append(line + ["–", "–", "–"])
+                continue
+            d = auc_paired_difference(view.y, [view.preds[c].prob for c in s["cells"]],
+                                      [view.preds[c].prob for c in here[other]["cells"]], n_boot=view.n_boot,
+                                      seed=view.seed, task=view.task, split_of_a=s["splits"],
+                                      split_of_b=here[other]["splits"])
+            rows.append(line + [_fmt(here[other]["auc"], here[other]["ci"]),
+                                _fmt(d["value"], d["ci"], signed=True) + (" (n.s.)" if _significant(d) is False else ""),
+                                _fmt_p(d["p"])])
+    if not rows:
+        return []
+    name = view.reference_name(NO_SOURCE)
+    return [Heading(f"Per backbone: the validation-chosen transfer method against {name} on the same backbone", 3),
+            Table(["budget", "labels", "backbone", "validation-chosen method", "val AUC", "test AUC [95% CI]",
+                   f"{name} test AUC", f"Δ vs {name} [95% CI]", "p"], rows)]
+
+
 # ----------------------------------------------------------------------------- the operating point
 
 
@@ -724,8 +762,8 @@ def _diagnostics(view: TargetView) -> list[Block]:
 
 
 # One target's part of the report, in order: a new table or plot is a function of the view and one line here.
-TARGET_SECTIONS = [_test_splits, _warnings, _curves, _validation_table, _auc_table, _comparisons, _operating_point,
-                   _diagnostics]
+TARGET_SECTIONS = [_test_splits, _warnings, _curves, _validation_table, _auc_table, _comparisons, _per_backbone,
+                   _operating_point, _diagnostics]
 
 
 # ----------------------------------------------------------------------------- plots

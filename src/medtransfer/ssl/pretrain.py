@@ -122,7 +122,7 @@ def pretrain_ssl(data, method: str = "simclr", *, backbone: str | None = None, s
     datasets = [load_dataset(spec, data_root=data_root) for spec in specs]
     for spec, dataset in zip(specs, datasets):
         if dataset.modality != "image2d":
-            kind = "a table" if dataset.modality == "tabular" else "3D volumes"
+            kind = {"tabular": "a table", "signal": "signals"}.get(dataset.modality, "3D volumes")
             raise MedTransferError(f"--method {method} takes 2D images, but {spec} is {kind}; "
                                    "use --method supervised for it")
     images = combine_images([unlabelled_images(d) for d in datasets])

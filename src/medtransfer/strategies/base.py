@@ -93,6 +93,7 @@ class Strategy(ABC):
     needs_labels = True  # False: works without labelled target examples (--budget 0)
     baseline = False  # a reference transfer methods are compared with, never "the best transfer method"
     uses_backbone = True  # False: the result does not depend on --backbone (logistic-regression baselines)
+    modalities: tuple[str, ...] | None = None  # the data it takes (None: any); e.g. ("text",) for TF-IDF
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -114,13 +115,13 @@ class Strategy(ABC):
 
 
 def fit_logistic_head(model: Classifier, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-                      val_y: np.ndarray, task: str, config: TrainConfig, grid=C_GRID) -> float:
+                      val_y: np.ndarray, task: str, config: TrainConfig, grid=C_GRID, standardize: bool = True) -> float:
     """Fit scikit-learn logistic regression on (standardised) features, C chosen on validation AUC,
     and write it into the model's linear head. Returns the validation score. The run's seed and
     `--class-weight` come from `config` (a balanced sampler means balanced weights here: no batches)."""
     weighting = "balanced" if "balanced" in (config.class_weight, config.sampler) else "none"
     fitted = fit_logistic(train_x, train_y, val_x, val_y, task, model.head.out_features, config.seed, grid=grid,
-                          class_weight=weighting)
+                          class_weight=weighting, standardize=standardize)
     weight, bias = fitted.folded()  # the standardisation folded into the head
     model.head.weight.data = torch.as_tensor(weight, dtype=torch.float32)
     model.head.bias.data = torch.as_tensor(bias, dtype=torch.float32)

@@ -12,6 +12,7 @@ class TabularBaseline(Strategy):
     needs_source_model = False
     baseline = True
     uses_backbone = False
+    modalities = ("tabular",)
 
     @abstractmethod
     def rows(self, ctx: TransferContext):

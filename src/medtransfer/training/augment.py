@@ -1,4 +1,4 @@
-"""Batched, on-device augmentations for image batches (no per-sample Python on the hot path)."""
+"""Batched, on-device augmentations for image and signal batches (no per-sample Python on the hot path)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,32 @@ def random_affine(x: torch.Tensor, generator: torch.Generator | None = None, deg
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def signal_augment(x: torch.Tensor, generator: torch.Generator | None = None, jitter: float = 0.03,
+                   scaling: float = 0.1, shift: float = 0.1, mask: float = 0.1) -> torch.Tensor:
+    """Signals (N, C, T), per example, all batched: Gaussian jitter (`jitter` x the example's std), amplitude
+    scaling by 1 ± `scaling` per channel, a circular time shift of up to `shift` of the length, and one span
+    of up to `mask` of the length set to the channel's mean (a dropped-out stretch). No flips: an inverted
+    ECG is another lead, not the same beat."""
+    n, c, t = x.shape
+    rand = to_device(torch.rand(n, c + 3, generator=generator, device="cpu"), x.device)
+    noise = to_device(torch.randn(n, c, t, generator=generator, device="cpu"), x.device)
+    level = x.std(dim=2, keepdim=True)
+    mean = x.mean(dim=2, keepdim=True)
+    x = x + jitter * level * noise.to(x.dtype)
+    x = mean + (x - mean) * (1 + (rand[:, :c, None] * 2 - 1) * scaling).to(x.dtype)
+    steps = torch.arange(t, device=x.device)
+    offset = ((rand[:, c] * 2 - 1) * shift * t).round().long()
+    index = (steps[None, :] - offset[:, None]) % t  # roll each example by its own offset
+    x = torch.gather(x, 2, index[:, None, :].expand(n, c, t))
+    width = (rand[:, c + 1] * mask * t).long()
+    start = (rand[:, c + 2] * (t - width).clamp(min=0)).long()
+    span = (steps[None, :] >= start[:, None]) & (steps[None, :] < (start + width)[:, None])
+    return torch.where(span[:, None, :], mean, x)
+
+
 def augment_batch(x: torch.Tensor, modality: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    if modality == "signal":
+        return signal_augment(x, generator)
     if modality == "image2d":
         return random_affine(x, generator)
     if modality == "image3d":  # random shift by up to 2 voxels per axis, as one roll per batch
