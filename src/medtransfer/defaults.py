@@ -10,7 +10,7 @@ TRAINING = {
     "image2d": dict(epochs=15, batch_size=64, lr=1e-3, patience=5, augment=True, min_steps_per_epoch=10),
     "image3d": dict(epochs=20, batch_size=16, lr=1e-3, patience=5, augment=True, min_steps_per_epoch=10),
     "tabular": dict(epochs=100, batch_size=32, lr=3e-3, patience=20, augment=False),
-    # Signals: small data (ECG200 has 100 beats), cheap epochs; see the README's signal section for the numbers.
+    # Signals: small data (ECG200 has 100 beats), so epochs are cheap; set, not yet tuned on validation.
     "signal": dict(epochs=100, batch_size=32, lr=1e-3, patience=20, augment=True, min_steps_per_epoch=10),
     # Text: a pretrained encoder (MiniLM) fine-tuned for a few epochs; lr is the head's (backbone 0.1x in full).
     "text": dict(epochs=6, batch_size=16, lr=3e-4, patience=3, augment=False, min_steps_per_epoch=10),

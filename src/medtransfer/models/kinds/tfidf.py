@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...errors import MedTransferError
 from .base import BackboneKind, register_kind
 
 
@@ -65,7 +66,7 @@ class TfidfKind(BackboneKind):
     modality = "text"
 
     def describe(self, name: str, channels: int, n_features: int) -> dict:
-        raise NotImplementedError("tfidf is built by the tfidf-lr strategy, not named with --backbone")
+        raise MedTransferError("tfidf is not a --backbone: the TF-IDF baseline is --strategy tfidf-lr")
 
     def build(self, architecture: dict) -> tuple[nn.Module, int]:
         module = TfidfFeatures(architecture["terms"], architecture["vocab_size"], architecture["special"])
