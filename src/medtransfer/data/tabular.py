@@ -321,19 +321,25 @@ def load_csv(path: str | Path, target: str | None, group: str | None = None,
 def read_csv(path: Path, **options) -> pd.DataFrame:
     """A CSV file with at least one data row, or one clear error naming the file. `options` go to
     `pandas.read_csv` (e.g. `dtype=str`)."""
+    return read_rows(path, path, "one row per patient", **options)
+
+
+def read_rows(source, where, unit: str, **options) -> pd.DataFrame:
+    """`pandas.read_csv(source, **options)` with at least one data row, or one clear error naming `where`;
+    `unit` says what a row is ("one row per patient", "one text per row")."""
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, **options)
+        frame = pd.read_csv(source, **options)
     except pd.errors.EmptyDataError:
-        raise MedTransferError(f"{path} is empty (no header, no rows); give a CSV with a header row and one row "
-                               "per patient") from None
+        raise MedTransferError(f"{where} is empty (no header, no rows); give a CSV with a header row and {unit}") \
+            from None
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [""])[0]
-        raise MedTransferError(f"{path} is not a readable CSV ({exc.__class__.__name__}: {reason}); save it as "
+        raise MedTransferError(f"{where} is not a readable CSV ({exc.__class__.__name__}: {reason}); save it as "
                                "comma-separated text with a header row") from None
     if len(frame) == 0:
-        raise MedTransferError(f"{path} has a header but no data rows; add one row per patient")
+        raise MedTransferError(f"{where} has a header but no data rows; add {unit}")
     return frame
 
 

@@ -104,24 +104,13 @@ def read_text(path: Path) -> str:
                                "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
-def read_table(path: Path, text: str | None = None):
+def read_table(path: Path):
     """A CSV (or .tsv) of texts, read as UTF-8 with every column as text."""
-    import pandas as pd
+    from .tabular import read_rows
 
     content = read_text(path)
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    try:
-        frame = pd.read_csv(io.StringIO(content), sep=sep, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise MedTransferError(f"{path} is empty (no header, no rows); give a CSV with a header row and one "
-                               "text per row") from None
-    except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0]
-        raise MedTransferError(f"{path} is not a readable CSV ({exc.__class__.__name__}: {reason}); save it as "
-                               "comma-separated UTF-8 text with a header row") from None
-    if len(frame) == 0:
-        raise MedTransferError(f"{path} has a header but no data rows; add one text per row")
-    return frame
+    return read_rows(io.StringIO(content), path, "one text per row", sep=sep, dtype=str, keep_default_na=False)
 
 
 def text_column(frame, where: str, text: str | None) -> str:
