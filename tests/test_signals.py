@@ -172,16 +172,20 @@ def test_rate_and_channel_mismatch_refused():
     check_compatible(holder, "signal", 1, None, rate=None)  # a rate-less target (UCR) is not refused
 
 
-def test_length_warning_without_rates_names_the_fix(tmp_path):
-    from medtransfer.models.sources import length_warning
+def test_signal_warning_names_what_no_check_could_decide(tmp_path):
+    from medtransfer.models.sources import signal_warning
 
     x, y = recordings(30, length=96)
     np.savez(tmp_path / "beats.npz", x=x, y=y)
-    target = load_dataset(f"npz:{tmp_path / 'beats.npz'}")
+    target = load_dataset(f"npz:{tmp_path / 'beats.npz'}")  # no rate
     spec = default_spec("signal", 1, train_x=torch.zeros(3, 1, 140))
     assert spec.length == 140
-    assert "@140" in length_warning(spec, target)
-    assert length_warning(default_spec("signal", 1, train_x=torch.zeros(3, 1, 96)), target) is None
+    assert "@140" in signal_warning(spec, target)
+    assert signal_warning(default_spec("signal", 1, train_x=torch.zeros(3, 1, 96)), target) is None
+    rated = default_spec("signal", 1, train_x=torch.zeros(3, 1, 96), rate=200.0)
+    assert "states no sampling rate" in signal_warning(rated, target)  # a rated model on rate-less data
+    np.savez(tmp_path / "rated.npz", x=x, y=y, rate=np.array(200.0))
+    assert signal_warning(rated, load_dataset(f"npz:{tmp_path / 'rated.npz'}")) is None
 
 
 def test_ucr_pooled_and_modifiers(tmp_path):

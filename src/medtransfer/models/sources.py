@@ -171,19 +171,25 @@ def check_signal(spec, channels: int, rate: float | None) -> None:
                                f"eeg:delhi@{source_rate:g}hz)")
 
 
-def length_warning(spec, target) -> str | None:
-    """Signals without a sampling rate on both sides (UCR beats, folders of files): when the source's
-    recordings had another length, say so. The backbones pool over time, so it runs, but a 96-sample beat
-    read by a model of 140-sample beats is a faster heart to it."""
+def signal_warning(spec, dataset) -> str | None:
+    """What `check_signal` cannot decide, for a run to say out loud (transfer and evaluate): a model trained
+    at a known rate on data that state none, or (neither side knowing its rate) recordings of another
+    length than the training ones. The backbones pool over time, so either runs, but a 96-sample beat read
+    by a model of 140-sample beats is a faster heart to it."""
+    if spec.modality != "signal":
+        return None
+    rate, length = dataset.info.get("rate"), int(dataset.train.x.shape[-1])
+    if spec.rate and rate:
+        return None  # both known: check_signal refused them unless equal
+    if spec.rate:
+        return (f"the model was trained on signals at {spec.rate:g} Hz and {dataset.name} states no sampling rate, "
+                f"so nothing checks it: its recordings must be sampled at {spec.rate:g} Hz")
     source_length = getattr(spec, "length", None)
-    if spec.modality != "signal" or not source_length or (spec.rate and target.info.get("rate")):
+    if not source_length or length == source_length:
         return None
-    length = int(target.train.x.shape[-1]) if len(target.train.x) else None
-    if length is None or length == source_length:
-        return None
-    return (f"the source model was trained on recordings of {source_length} samples, {target.name} has {length}; "
+    return (f"the model was trained on recordings of {source_length} samples, {dataset.name} has {length}; "
             f"without sampling rates nothing says they span the same time: if they do (one beat each), resample "
-            f"the target to the source's length with @{source_length}")
+            f"to the model's length with @{source_length}")
 
 
 def fit_source(source: Source, modality: str, channels: int) -> Source:

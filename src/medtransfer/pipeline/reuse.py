@@ -17,7 +17,7 @@ from ..evaluation import compute_metrics
 from ..evaluation.threshold import OperatingPoint, parse_rule
 from ..models.checkpoint import load_checkpoint
 from ..models.inference import predict_proba
-from ..models.sources import check_compatible
+from ..models.sources import check_compatible, signal_warning
 from ..runs import predictions_frame, read_json
 from .operating import class_names, counts, decided, scoring_options
 from .run import check_probabilities
@@ -52,7 +52,8 @@ def evaluate(run: str | Path, data: str | None = None, split: str = "test", data
                            encoder=encoder, split_seed=config.get("split_seed", 0) if same_data else 0)
     check_compatible(model, dataset.modality, dataset.in_channels, dataset.info.get("features"),
                      rate=dataset.info.get("rate"), tokenizer=dataset.info.get("tokenizer"))
-    for warning in dataset.info.get("warnings", []):
+    warnings = [*dataset.info.get("warnings", []), *filter(None, [signal_warning(model.spec, dataset)])]
+    for warning in warnings:
         log.warning(warning)
     part = dataset.split(split)
     if len(part) == 0:
@@ -67,6 +68,8 @@ def evaluate(run: str | Path, data: str | None = None, split: str = "test", data
     frame = predictions_frame(split, y.numpy(), prob, meta["classes"], part.id_list(split),
                               class_names(predicted, meta["classes"]))
     metrics["operating_point"] = point.to_dict(meta["classes"])
+    if warnings:
+        metrics["warnings"] = warnings
     if dataset.task != "multilabel":
         metrics["counts"] = {"n": len(y), "per_class": counts(y.numpy(), meta["classes"])}
         if predicted is not None:

@@ -18,7 +18,7 @@ from ..evaluation.calibration import check_calibration
 from ..evaluation.threshold import parse_rule
 from ..models.backbones import Classifier, describe, spec_for
 from ..models.inference import predict_proba
-from ..models.sources import Source, check_compatible, check_tokenizer, fit_source, length_warning
+from ..models.sources import Source, check_compatible, check_tokenizer, fit_source, signal_warning
 from ..progress import SILENT
 from ..runs import predictions_frame
 from ..strategies import Strategy, TransferContext, get_strategy
@@ -74,7 +74,7 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     warnings = [*target.info.get("warnings", []), *fit_warnings(fit, source is not None), *decision.warnings,
-                *test_notes, *filter(None, [length_warning(spec, target) if source is not None else None])]
+                *test_notes, *filter(None, [signal_warning(spec, target) if source is not None else None])]
     result = RunResult(model, metrics, predictions, resolved, None, budgeted, warnings)
     if out is not None:
         write_run(result, out, target, fit.history if fit else [], request.output.weights,
