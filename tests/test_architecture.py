@@ -21,7 +21,7 @@ LAYERS = [
     {"experiment"},
     {"reporting"},
     {"api"},
-    {"demo"},
+    {"demo", "serve"},
     {"cli", "__main__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

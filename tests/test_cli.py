@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-COMMANDS = ["datasets", "strategies", "pretrain", "transfer", "shift", "evaluate", "predict", "demo", "rank"]
+COMMANDS = ["datasets", "strategies", "pretrain", "transfer", "shift", "evaluate", "predict", "demo", "rank", "explain",
+            "export", "serve"]
 
 
 def cli(*args, cwd=None):

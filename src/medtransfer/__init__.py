@@ -1,11 +1,12 @@
 """medtransfer: transfer learning on medical data, from source model to clinical evaluation."""
 
 __version__ = "0.1.0"
-__all__ = ["pretrain", "transfer", "evaluate", "predict", "shift", "rank"]
+__all__ = ["pretrain", "transfer", "evaluate", "predict", "explain", "export", "shift", "rank", "create_app", "serve"]
+SERVED = ("create_app", "serve")  # from serve.py, which sits above the API
 
 
 def __getattr__(name):  # keep `import medtransfer` light; torch loads on first use
     if name in __all__:
         import importlib
-        return getattr(importlib.import_module(".api", __name__), name)
+        return getattr(importlib.import_module(".serve" if name in SERVED else ".api", __name__), name)
     raise AttributeError(f"module 'medtransfer' has no attribute {name!r}")

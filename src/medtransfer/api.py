@@ -57,6 +57,7 @@ OPTIONS = {
     "queue_size": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--queue-size"),
     "momentum": (NUMBER, lambda v: 0 <= v < 1, "a number in [0, 1)", "--momentum"),
     "limit": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--limit"),
+    "examples": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--examples"),
 }
 
 
@@ -94,7 +95,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
              calibrate: str = "none", class_weight: str | None = None, sampler: str | None = None,
              id: str | None = None, drop=(), layer_decay: float | None = None,  # noqa: A002 - `id` is --id
              precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
-             text: str | None = None) -> RunResult:
+             text: str | None = None, dp=None) -> RunResult:
 
     """Move a source model (or none, for `scratch`) to the target dataset `data` with `strategy`,
     using at most `budget` labelled target examples; evaluate on the target's test split.
@@ -116,7 +117,11 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
 
     Fine-tuning and speed: `layer_decay` (full, lp-ft, l2-sp: each backbone stage's learning rate is the
     head's times decay^depth), `precision` ("auto": bf16 autocast on CUDA; "bf16", "fp32"),
-    `channels_last` and `compile` (torch.compile of the training steps, falling back with a warning)."""
+    `channels_last` and `compile` (torch.compile of the training steps, falling back with a warning).
+
+    Differential privacy: `dp="epsilon=1"` (or "epsilon=E,delta=D,clip=C", or a dict of those keys) trains
+    with DP-SGD (Opacus) at that target epsilon; delta defaults to min(1e-5, 1/(10 n)), clip to 1.0. Only
+    full, head, partial and scratch train privately; metrics["dp"] holds the accountant's spent epsilon."""
     check_options(seed=seed, split_seed=split_seed, budget=budget, image_size=image_size, epochs=epochs, lr=lr,
                   batch_size=batch_size, patience=patience, source_epochs=source_epochs, accelerator=accelerator,
                   n_boot=n_boot)
@@ -128,7 +133,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
         training=TrainOptions(epochs, lr, batch_size, patience, augment, class_weight, sampler, layer_decay, precision,
                               channels_last, compile),
         output=Output(out, overwrite, save, weights), accelerator=accelerator, n_boot=n_boot,
-        progress=as_progress(progress)))
+        progress=as_progress(progress), dp=dp))
 
 
 def pretrain(data: str | list[str], *, method: str = "supervised", backbone: str | None = None,
@@ -223,8 +228,50 @@ def predict(run: str | Path, inputs, data_root=None):
                            "signals (N, C, T) as a torch tensor or numpy array")
 
 
-def signal_tensor(meta: dict, signals):
-    """Signals (N, C, T), or (N, T) for a one-channel model, as float32; the channels must be the model's."""
+def explain(run: str | Path, inputs, out: str | Path, *, method: str | None = None, class_name: str | None = None,
+            limit: int | None = None, layer: str | None = None, overwrite: bool = False, data_root=None,
+            seed: int = 0, repeats: int = 5):
+    """Explain a saved run's predictions for `inputs` (what `predict` takes as a path or dataset spec) into
+    the folder `out`: predictions.csv (equal to `predict`), explanations.csv, explanations.md / .html, and
+    per modality: images, Grad-CAM overlays (`method` "gradcam" or "gradcam++", on the backbone stage
+    `layer`, default the last) with the model-randomisation sanity check (sanity.json: Spearman's rho
+    between trained and randomised maps); tables, integrated gradients per prediction by original column
+    (attributions.csv) and permutation importance on the run's test split (importance.csv, `repeats`
+    permutations); signals, integrated gradients per sample; texts, over the tokens (tokens.csv / .html).
+    `class_name`: the class explained (default: a binary run's positive class, else the class decided);
+    `limit`: the first N inputs. Returns the `Explanation`."""
+    from .pipeline.explain import explain as run_explain
+    from .reporting.explain import write_explain_report
+
+    check_options(seed=seed, limit=limit)
+    if not isinstance(inputs, (str, Path)):
+        raise MedTransferError(f"explain takes its inputs as a path (CSV, image, folder) or a dataset spec, not a "
+                               f"{type(inputs).__name__}; save them to a file first")
+    return run_explain(run, str(inputs), out, method=method, class_name=class_name, limit=limit, layer=layer,
+                       overwrite=overwrite, data_root=data_root, seed=seed, repeats=repeats,
+                       write_report=write_explain_report)
+
+
+def export(run: str | Path, format: str, out: str | Path, *, overwrite: bool = False,  # noqa: A002 - --format
+           data_root=None, examples: int | None = None):
+    """Write a saved run's model as one ONNX or TorchScript file (`format` "onnx" or "torchscript") at `out`,
+    plus `<out>.json`. The file takes what `predict` feeds the model (images in [0, 1] at the training images'
+    channels and size, 3D volumes, encoded table rows, signals (N, C, T)), with a dynamic batch axis, and outputs
+    class probabilities; resize, normalisation and calibration are inside it. The classes, the operating point
+    (positive class, threshold), the input contract (for tables: the encoding recipe) and the model version are
+    in the file's metadata and the sidecar. Before the file is kept it is run (onnxruntime on the CPU, or the
+    TorchScript reloaded) on the run's test split (`examples`: its first N) and compared with the PyTorch model:
+    refused above 1e-4 max |delta p|. `data_root`: where the run's dataset is now. Returns an `ExportResult`
+    (path, sidecar, max_abs_diff, n_checked, description)."""
+    from .pipeline.export import export as export_run
+
+    check_options(examples=examples)
+    return export_run(run, format, out, overwrite=overwrite, data_root=data_root, examples=examples)
+
+
+def signal_tensor(meta: dict, signals, warnings: list[str] | None = None):
+    """Signals (N, C, T), or (N, T) for a one-channel model, as float32; the channels must be the model's.
+    `warnings`: a list to add what deserves one to (`medtransfer serve` answers them); else they are logged."""
     import logging
 
     import torch
@@ -241,10 +288,11 @@ def signal_tensor(meta: dict, signals):
         raise MedTransferError(f"signals must be an array (N, C, T) with N >= 1, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise MedTransferError("the signal array holds missing or infinite samples (NaN/inf); fill or trim them")
-    warnings: list[str] = []
-    check_signal_inputs(meta, x, "the signal array", warnings)
-    for warning in warnings:
-        logging.getLogger("medtransfer").warning(warning)
+    found: list[str] = [] if warnings is None else warnings
+    check_signal_inputs(meta, x, "the signal array", found)
+    if warnings is None:
+        for warning in found:
+            logging.getLogger("medtransfer").warning(warning)
     return x
 
 
@@ -433,5 +481,5 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
     return write(folder)
 
 
-__all__ = ["pretrain", "pretrain_self_supervised", "transfer", "evaluate", "predict", "shift", "rank", "experiment",
-           "write_report", "RunResult", "read_meta"]
+__all__ = ["pretrain", "pretrain_self_supervised", "transfer", "evaluate", "predict", "explain", "export", "shift",
+           "rank", "experiment", "write_report", "RunResult", "read_meta"]

@@ -224,6 +224,9 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              class_weight: Optional[str] = CLASS_WEIGHT, sampler: Optional[str] = SAMPLER,
              layer_decay: Optional[float] = LAYER_DECAY, precision: Optional[str] = PRECISION,
              channels_last: Optional[bool] = CHANNELS_LAST, compile_steps: Optional[bool] = COMPILE,
+             dp: Optional[str] = typer.Option(None, "--dp", help="train with differential privacy (DP-SGD, Opacus): "
+                                              "epsilon=E[,delta=D][,clip=C], e.g. epsilon=1 (delta default "
+                                              "min(1e-5, 1/(10 n)), clip 1.0); full, head, partial, scratch"),
              overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
     """Move a source model to a target dataset with a strategy; evaluate on the target's test split.
 
@@ -244,7 +247,7 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                           source_epochs=source_epochs, accelerator=device, progress=not quiet, positive=positive,
                           threshold=threshold, calibrate=calibrate, class_weight=class_weight, sampler=sampler,
                           id=id_column, drop=tuple(drop or ()), layer_decay=layer_decay, precision=precision,
-                          channels_last=channels_last, compile=compile_steps, text=text)
+                          channels_last=channels_last, compile=compile_steps, text=text, dp=dp)
     show_result(result)
 
 
@@ -381,6 +384,98 @@ def predict(run: Path = typer.Argument(..., help="a run directory"),
 
 
 @app.command()
+def explain(run: Path = typer.Argument(..., help="a run directory"),
+            inputs: str = typer.Argument(..., help="what predict takes: a CSV of patients or texts, an image, a folder "
+                                         "of images or recordings, or a dataset (its test split)"),
+            out: Path = typer.Option(..., "--out", "-o", help="folder for the explanations (refused when not empty, "
+                                     "unless --overwrite)"),
+            method: Optional[str] = typer.Option(None, "--method", help="gradcam or gradcam++ (images, the default "
+                                                 "gradcam); ig, integrated gradients (tables, signals, texts)"),
+            class_name: Optional[str] = typer.Option(None, "--class", help="the class explained (default: the "
+                                                     "positive class of a binary run, else the class decided)"),
+            limit: Optional[int] = typer.Option(None, "--limit", help="explain the first N inputs only"),
+            layer: Optional[str] = typer.Option(None, "--layer", help="images: the backbone stage the maps come from "
+                                                "(default: the last)"),
+            data_root: Optional[Path] = DATA_ROOT,
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace the contents of --out"),
+            seed: int = typer.Option(0, "--seed", help="seed of the randomised model (images) and the permutations "
+                                     "(tables)")):
+    """Why a run decided what it did: Grad-CAM overlays with a model-randomisation sanity check (images),
+    attributions by original column and permutation importance (tables), integrated gradients (signals, texts).
+    Writes predictions.csv, explanations.csv, explanations.md / .html and the figures into --out.
+
+    Example: medtransfer explain runs/pneumonia medmnist:pneumoniamnist --out explain/pneumonia --limit 20
+    """
+    from . import api
+
+    result = api.explain(run, inputs, out, method=method, class_name=class_name, limit=limit, layer=layer,
+                         overwrite=overwrite, data_root=data_root, seed=seed)
+    sanity = result.sanity
+    if sanity and sanity.get("n_defined"):
+        console.print(f"sanity check (model randomisation, {result.layer}): Spearman rho between trained and "
+                      f"randomised maps, mean {sanity['mean_rho']:.3f} (range {sanity['min_rho']:.3f} to "
+                      f"{sanity['max_rho']:.3f}) over {sanity['n_defined']} inputs: {sanity['reading']}")
+    elif sanity:
+        console.print(f"sanity check: {sanity['reading']}")
+    if result.importance is not None:
+        imp = result.importance
+        show(Table(["column", "AUC drop (mean)", "std"],
+                   [[r.column, f"{r.mean_drop:.4f}", f"{r.std_drop:.4f}"] for r in imp.itertuples()],
+                   title=f"permutation importance by original column (test AUC {imp['test_auc'].iloc[0]:.4f})"))
+    console.print(f"explained {len(result.explained)} input(s) with {result.method}: {result.out / 'explanations.md'}")
+
+
+@app.command("export")
+def export_command(run: Path = typer.Argument(..., help="a run directory"),
+                   format: str = typer.Option(..., "--format", "-f", help="onnx or torchscript"),  # noqa: A002
+                   out: Path = typer.Option(..., "--out", "-o", help="the model file to write (and <out>.json beside "
+                                            "it), e.g. model.onnx"),
+                   overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+                   data_root: Optional[Path] = DATA_ROOT,
+                   examples: Optional[int] = typer.Option(None, "--examples", help="check parity on the first N test "
+                                                          "examples only (default: the whole test split)")):
+    """Export a run's model with its preprocessing and operating point: ONNX (onnxruntime, TensorFlow via onnx2tf)
+    or TorchScript. The file takes what predict feeds the model (images in [0, 1], volumes, encoded table rows,
+    signals) and outputs class probabilities; it is kept only if it matches the run on its test split (max |Δp|
+    <= 1e-4). Writes --out and --out.json (classes, threshold, input contract, parity).
+
+    Example: medtransfer export runs/pneumonia --format onnx --out pneumonia.onnx
+    """
+    from . import api
+
+    result = api.export(run, format, out, overwrite=overwrite, data_root=data_root, examples=examples)
+    record = result.description
+    point, parity = record["operating_point"], record["parity"]
+    size = record["file"]["bytes"]
+    size = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"
+    for line in (f"wrote {result.path} ({result.format}, {size}) and {result.sidecar}",
+                 f"input {record['input']['name']} {record['input']['dtype']} {record['input']['shape']} -> "
+                 f"probabilities {record['classes']}; decision: {point['decision']}",
+                 f"parity with the run on {parity['n']} test examples of {parity['data']}: max |Δp| = "
+                 f"{parity['max_abs_diff']:.2e} (allowed {parity['tolerance']:g}; {parity['runtime']})"):
+        console.print(line, highlight=False, markup=False, emoji=False)
+
+@app.command()
+def serve(run: Path = typer.Argument(..., help="a run directory"),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (--no-auth: loopback only)"),
+          port: int = typer.Option(8000, "--port", help="port to listen on (0: a free one)"),
+          token: Optional[str] = typer.Option(None, "--token", help="bearer token clients must send (better: the "
+                                              "MEDTRANSFER_TOKEN environment variable, not shown by ps)"),
+          no_auth: bool = typer.Option(False, "--no-auth", help="serve without a token (refused unless --host is "
+                                       "a loopback address)"),
+          max_mb: float = typer.Option(10.0, "--max-mb", help="largest request body, in megabytes (413 above)"),
+          max_batch: int = typer.Option(256, "--max-batch", help="most inputs (rows, files, texts, signals) per "
+                                        "request")):
+    """Serve a run over HTTP until Ctrl-C: POST /predict, GET /model-card (bearer token) and GET /health.
+
+    Example: MEDTRANSFER_TOKEN=... medtransfer serve runs/heart-hungary_full_20_s0 --port 8000
+    """
+    from .serve import serve as serve_run
+
+    serve_run(run, host=host, port=port, token=token, no_auth=no_auth, max_mb=max_mb, max_batch=max_batch)
+
+
+@app.command()
 def demo(data_root: Optional[Path] = DATA_ROOT,
          out: Path = typer.Option(Path("demo-report"), "--out", "-o", help="folder for report.md"),
          seeds: int = typer.Option(5, "--seeds", help="seeds per cell"),
@@ -458,10 +553,19 @@ def show_result(result) -> None:
         console.print(f"calibration: {calibration['method']} fitted on validation; validation ECE "
                       f"{before['ece']:.3f} -> {after['ece']:.3f}, Brier {before['brier']:.3f} -> {after['brier']:.3f}",
                       highlight=False)
+    if metrics.get("dp"):
+        console.print(dp_line(metrics["dp"]), highlight=False)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if result.out:
         console.print(f"run written to {result.out} (model card: {result.out / 'model_card.md'})")
+
+
+def dp_line(dp: dict) -> str:
+    """One line under the metrics of a --dp run: the guarantee the accountant gives after the steps taken."""
+    return (f"differential privacy: epsilon {dp['epsilon_spent']:.3f} spent of {dp['epsilon_target']:g} "
+            f"(delta {dp['delta']:.2g}, {dp['accountant'].upper()} accountant) after {dp['steps']} DP-SGD steps; "
+            f"noise multiplier {dp['noise_multiplier']:.3g}, clip {dp['clip']:g}, sample rate {dp['sample_rate']:.3g}")
 
 
 def show_operating_point(point: dict | None, counts: dict | None, why: str | None = None, split: str = "test") -> None:

@@ -20,6 +20,7 @@ relative to the folder as its id. Nothing is written into the user's folder.
 
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -351,6 +352,20 @@ def decode_images(files: list[Path], image_size: int | tuple[int, int] | None, c
     as ITU-R 601 luma), 3 (grey repeated), or None (3 when any file is colour)."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = list(pool.map(_read_image, files))
+    return _settled(images, image_size, channels)
+
+
+def decode_image_bytes(uploads: list[tuple[str, bytes]], image_size: int | tuple[int, int] | None,
+                       channels: int | None) -> torch.Tensor:
+    """`decode_images` for files received as (name, bytes), e.g. uploads to `medtransfer serve`: decoded in
+    memory (nothing written to disk) by the same readers, so the bytes of a file give the tensor the file
+    gives. The name only chooses the reader (by its suffix) and names the upload in errors."""
+    images = [_read_image(Path(name), data) for name, data in uploads]
+    return _settled(images, image_size, channels)
+
+
+def _settled(images: list[np.ndarray], image_size: int | tuple[int, int] | None, channels: int | None) -> torch.Tensor:
+    """Decoded images -> one float32 tensor (N, C, H, W) at the channels and size `decode_images` settles."""
     if channels is None:
         channels = 3 if any(a.ndim == 3 for a in images) else 1
     sizes = {a.shape[:2] for a in images}
@@ -378,10 +393,12 @@ def image_files(path: Path) -> list[Path]:
     return _image_files(path)
 
 
-def _read_image(file: Path) -> np.ndarray:
-    """float32 (H, W) for grayscale or (H, W, 3) for colour, in [0, 1]."""
+def _read_image(file: Path, data: bytes | None = None) -> np.ndarray:
+    """float32 (H, W) for grayscale or (H, W, 3) for colour, in [0, 1]. `data`: the file's bytes, already
+    in memory (then `file` is only its name)."""
+    source = file if data is None else io.BytesIO(data)
     try:
-        return _read_dicom(file) if file.suffix.lower() == ".dcm" else _read_pil(file)
+        return _read_dicom(file, source) if file.suffix.lower() == ".dcm" else _read_pil(file, source)
     except MedTransferError:
         raise
     except Exception as e:  # any decoder failure means the same thing to the user
@@ -391,10 +408,10 @@ def _read_image(file: Path) -> np.ndarray:
         ) from e
 
 
-def _read_pil(file: Path) -> np.ndarray:
+def _read_pil(file: Path, source=None) -> np.ndarray:
     from PIL import Image  # loaded on first decode (here and in _resize): `import medtransfer.data` stays light
 
-    with Image.open(file) as img:
+    with Image.open(file if source is None else source) as img:
         img.load()
         mode = img.mode
         if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit PNG/TIFF
@@ -406,10 +423,10 @@ def _read_pil(file: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def _read_dicom(file: Path) -> np.ndarray:
+def _read_dicom(file: Path, source=None) -> np.ndarray:
     import pydicom  # imported here: only folders with DICOM files need it
 
-    ds = pydicom.dcmread(file)
+    ds = pydicom.dcmread(file if source is None else source)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise MedTransferError(
             f"{file}: 3D/multi-frame DICOM is not supported by folder: yet; export single 2D slices instead"

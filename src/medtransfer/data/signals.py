@@ -328,12 +328,13 @@ def load_npz(arg: str, options: LoadOptions) -> TaskDataset:
 # ----------------------------------------------------------------------------- signal-folder:
 
 
-def read_signal_file(path: Path) -> np.ndarray:
-    """One recording file -> (C, T): .npy as (T,) or (C, T); a text table as one column per channel."""
+def read_signal_file(path: Path, data: bytes | None = None) -> np.ndarray:
+    """One recording file -> (C, T): .npy as (T,) or (C, T); a text table as one column per channel.
+    `data`: the file's bytes already in memory (an upload to `medtransfer serve`; then `path` is only its name)."""
     where = str(path)
     if path.suffix.lower() == ".npy":
         try:
-            return as_channels(np.load(path, allow_pickle=False), where)
+            return as_channels(np.load(path if data is None else io.BytesIO(data), allow_pickle=False), where)
         except MedTransferError:
             raise
         except Exception as exc:
@@ -342,7 +343,7 @@ def read_signal_file(path: Path) -> np.ndarray:
 
     sep = {".tsv": "\t", ".csv": ","}.get(path.suffix.lower(), r"\s+")  # .txt: whitespace, as Bonn's files
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = (path.read_bytes() if data is None else data).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MedTransferError(f"{where}: is not UTF-8 text (byte {exc.start}); save it as UTF-8 numbers, one column "
                                "per channel") from None

@@ -12,6 +12,7 @@ from ..data import parse_budget
 from ..errors import MedTransferError
 
 NO_SOURCE = "none"
+DP_NONE = "none"  # the dp axis value of a cell trained without differential privacy
 
 
 class TrainSettings(BaseModel):
@@ -39,6 +40,9 @@ class ExperimentConfig(BaseModel):
     backbones: list[str | None] = [None]
     strategies: list[str] = Field(min_length=1)
     budgets: list[str | int] = ["all"]
+    # Differential privacy as a grid axis (the privacy-utility curve): "none" and/or --dp values such as
+    # "epsilon=1"; strategies that cannot train by DP-SGD (tag dp_sgd) run once, without DP, as references.
+    dp: list[str] = [DP_NONE]
     seeds: int | list[int] = 3
     # Each seed also redraws the target's train/val/test split (repeated hold-out): for cohorts so
     # small that one fixed test split decides the comparison (Switzerland has 4 test patients without disease).
@@ -99,6 +103,26 @@ class ExperimentConfig(BaseModel):
                 raise ValueError(str(exc)) from None
         return [str(b) for b in budgets]
 
+    @field_validator("dp", mode="before")
+    @classmethod
+    def dp_levels(cls, levels) -> list[str]:
+        """Each entry a --dp value (or none), checked now; kept as written, since it names the cells."""
+        from ..training.privacy import parse_dp
+        levels = levels if isinstance(levels, list) else [levels]
+        if not levels:
+            raise ValueError(f"dp needs at least one entry, e.g. [{DP_NONE}, \"epsilon=1\"]")
+        out = []
+        for level in levels:
+            text = DP_NONE if level is None else str(level).strip()
+            try:
+                parse_dp(text, flag="dp")
+            except MedTransferError as exc:
+                raise ValueError(str(exc)) from None
+            out.append(DP_NONE if text.lower() == DP_NONE else text)
+        if len(set(out)) < len(out):
+            raise ValueError("dp lists the same entry twice")
+        return out
+
     @field_validator("seeds")
     @classmethod
     def seed_list(cls, seeds) -> list[int]:
@@ -112,7 +136,7 @@ class ExperimentConfig(BaseModel):
     def skip_names_grid_values(self):
         """Each skip entry names only grid axes, with values the grid has: a typo skips nothing silently."""
         axes = {"target": self.targets, "source": self.sources, "backbone": self.backbones,
-                "strategy": self.strategies, "budget": self.budgets}
+                "strategy": self.strategies, "budget": self.budgets, "dp": self.dp}
         for entry in self.skip:
             if not entry:
                 raise ValueError("skip: an empty entry would skip every cell; name an axis, e.g. {strategy: full}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..data import SCHEMES
 from ..runs import clean_name
-from .config import NO_SOURCE, ExperimentConfig
+from .config import DP_NONE, NO_SOURCE, ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -20,13 +20,18 @@ class Cell:
     strategy: str
     budget: str
     seed: int
+    dp: str = DP_NONE  # a --dp value, or none
 
     def id(self, settings: dict) -> str:
-        """Readable, and unique for the cell *and* its settings: a changed setting is a new cell."""
+        """Readable, and unique for the cell *and* its settings: a changed setting is a new cell. A cell
+        without DP keeps the id it had before the dp axis existed (resumed grids find their cells)."""
         parts = [short(self.target), short(self.source), self.backbone or "default", self.strategy, self.budget,
-                 f"s{self.seed}"]
+                 f"s{self.seed}"] + ([] if self.dp == DP_NONE else [f"dp-{self.dp}"])
         name = "_".join(clean_name(p) for p in parts).replace("%", "pct")
-        digest = hashlib.sha256(json.dumps([asdict(self), settings], sort_keys=True).encode()).hexdigest()[:8]
+        coordinates = asdict(self)
+        if self.dp == DP_NONE:
+            del coordinates["dp"]
+        digest = hashlib.sha256(json.dumps([coordinates, settings], sort_keys=True).encode()).hexdigest()[:8]
         return f"{name}_{digest}"
 
 
@@ -52,9 +57,11 @@ def grid(config: ExperimentConfig) -> list[Cell]:
                 if not tags.accepts(backbone):
                     continue  # e.g. partial on a linear model: no stages to unfreeze
                 sources = [s for s in config.sources if s != NO_SOURCE] if tags.needs_source() else [NO_SOURCE]
+                levels = config.dp if tags.dp_sgd else [DP_NONE]  # no DP-SGD: once, without DP, as a reference
                 for source in sources:
                     for budget in config.budgets:
-                        cells += [Cell(target, source, backbone, strategy, budget, seed) for seed in config.seeds]
+                        cells += [Cell(target, source, backbone, strategy, budget, seed, dp) for dp in levels
+                                  for seed in config.seeds]
     return [cell for cell in cells if not any(skipped(cell, entry) for entry in config.skip)]
 
 

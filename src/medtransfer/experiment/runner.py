@@ -30,7 +30,7 @@ from ..errors import MedTransferError
 from ..pipeline import DataOptions, Output, TrainOptions, TransferRequest, transfer
 from ..pipeline.preflight import preflight
 from ..progress import SILENT, Progress, RichProgress, rich_bar
-from .config import NO_SOURCE, ExperimentConfig, load_config
+from .config import DP_NONE, NO_SOURCE, ExperimentConfig, load_config
 from .folder import claim, folder_lock
 from .grid import Cell, grid, settings_of
 from .store import Results, Tracker, done, error_line, failure_file, record_failure, write_environment
@@ -50,7 +50,8 @@ def cell_request(cell: Cell, out: Path, config: ExperimentConfig, data_root: str
         training=TrainOptions(train.epochs, train.lr, train.batch_size, train.patience, train.augment,
                               train.class_weight, train.sampler, train.layer_decay, train.precision,
                               train.channels_last, train.compile),
-        output=Output(out, overwrite=True, weights=config.keep_weights), n_boot=config.n_boot, progress=progress)
+        output=Output(out, overwrite=True, weights=config.keep_weights), n_boot=config.n_boot, progress=progress,
+        dp=None if cell.dp == DP_NONE else cell.dp)
 
 
 def run_cell(cell: Cell, out: Path, config: ExperimentConfig, data_root: str | None,

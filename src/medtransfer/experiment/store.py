@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..errors import MedTransferError
 from ..runs import read_json, write_json
+from .config import DP_NONE
 from .grid import Cell
 
 FAILED = ".failed.json"  # cells/<id>.failed.json: why the cell did not finish
@@ -58,7 +59,18 @@ def failure(folder: Path) -> str | None:
 
 def failed_row(cell: Cell, folder: Path, error: str) -> dict:
     return {"cell_id": folder.name, "target": cell.target, "source": cell.source, "backbone": cell.backbone,
-            "strategy": cell.strategy, "budget": cell.budget, "seed": cell.seed, "error": error}
+            "strategy": cell.strategy, "budget": cell.budget, "seed": cell.seed, **dp_columns(cell, {}),
+            "error": error}
+
+
+def dp_columns(cell: Cell, metrics: dict) -> dict:
+    """A DP cell's --dp value and the guarantee its accountant gave (none for the cells without DP, so a
+    grid without the dp axis keeps its results.csv columns)."""
+    if cell.dp == DP_NONE:
+        return {}
+    dp = metrics.get("dp") or {}
+    return {"dp": cell.dp, "dp_epsilon_target": dp.get("epsilon_target"), "dp_epsilon": dp.get("epsilon_spent"),
+            "dp_delta": dp.get("delta"), "dp_noise_multiplier": dp.get("noise_multiplier")}
 
 
 def row(cell: Cell, folder: Path, out: Path) -> dict:
@@ -74,6 +86,7 @@ def row(cell: Cell, folder: Path, out: Path) -> dict:
         values.update({f"test_{name}": m["value"], f"test_{name}_lo": m["ci"][0], f"test_{name}_hi": m["ci"][1]})
     values.update(validation_columns(metrics))
     values.update(decision_columns(metrics, config, folder))
+    values.update(dp_columns(cell, metrics))
     values["seconds"] = metrics["fit"].get("total_seconds")
     values["run_dir"] = str(folder.relative_to(out))
     return values
@@ -287,9 +300,11 @@ class Tracker:
         params = {k: config.get(k) for k in ("data", "strategy", "source", "budget", "seed", "split_seed",
                                               "backbone", "n_train_labels", "n_val_labels", "n_test")}
         params.update({f"train.{k}": v for k, v in config["train"].items() if k != "progress"})
+        params.update({f"dp.{k}": v for k, v in (config.get("dp") or {}).items()})  # a --dp cell's request
+        dp = {f"dp_{k}": v for k, v in (metrics.get("dp") or {}).items() if k in ("epsilon_spent", "noise_multiplier")}
         values = {mlflow_name(f"{split}_{name}{suffix}"): v for split in ("val", "test")
                   for name, m in metrics.get(split, {}).items()
-                  for suffix, v in (("", m["value"]), ("_ci_low", m["ci"][0]), ("_ci_high", m["ci"][1]))}
+                  for suffix, v in (("", m["value"]), ("_ci_low", m["ci"][0]), ("_ci_high", m["ci"][1]))} | dp
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
                               metrics=[Metric(k, float(v), now, 0) for k, v in values.items()
                                        if v is not None and v == v])  # undefined metrics are null or NaN

@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import defaults
 from ..errors import MedTransferError
+from .dp_compat import apply_recorded_fixes
 from .kinds import KINDS, kind_for
 from .kinds.mlp import MLP  # noqa: F401 - importable from here, as before
 
@@ -115,7 +116,8 @@ def build_backbone(architecture: dict) -> tuple[nn.Module, int]:
     kind = KINDS.get(architecture["kind"])
     if kind is None:
         raise MedTransferError(f"unknown architecture kind {architecture['kind']!r}")
-    return kind.build(architecture)
+    backbone, width = kind.build(architecture)
+    return apply_recorded_fixes(backbone, architecture), width  # a DP run's GroupNorms, where it made them
 
 
 def describe(backbone: str | None, modality: str, channels: int, n_features: int = 0) -> dict:

@@ -336,6 +336,20 @@ def degenerate_note(metrics: dict) -> str:
             "at this operating point.")
 
 
+def privacy_line(dp: dict) -> str:
+    """A --dp run's guarantee as its accountant gave it, and what it does not cover."""
+    replaced = dp.get("replaced_modules") or {}
+    swapped = f"; made Opacus-compatible: {text(replaced)}" if replaced else ""
+    delta, target, clip = (f"{dp[k]:.3g}" if is_number(dp.get(k)) else "n/a"
+                           for k in ("delta", "epsilon_target", "clip"))
+    return (f"Differential privacy: DP-SGD (Opacus), ({fmt(dp.get('epsilon_spent'))}, {delta})-DP "
+            f"spent of target epsilon {target} ({text(dp.get('accountant'))} accountant) "
+            f"after {text(dp.get('steps'))} steps; noise multiplier {fmt(dp.get('noise_multiplier'))}, clip "
+            f"{clip}, Poisson sample rate {fmt(dp.get('sample_rate'))}; it covers the "
+            f"{text(dp.get('n_private'))} labelled training examples, not the validation split (epoch, threshold "
+            f"and calibration were chosen on it) nor the source model{swapped}")
+
+
 def provenance(config: dict, metrics: dict) -> str:
     fit, versions = block(metrics, "fit"), config.get("versions") or {}
     train = config.get("train") or {}
@@ -348,6 +362,7 @@ def provenance(config: dict, metrics: dict) -> str:
                ("positive", "threshold", "calibrate", "class_weight", "sampler", "id_column", "drop")
                if key in config),
              f"Strategy notes: {text(config.get('strategy_notes'), 'none')}",
+             *([privacy_line(block(metrics, "dp"))] if block(metrics, "dp") else []),
              f"Versions: {text(versions)}"]
     files = bullets(f"`{name}`: {what}" for name, what in RUN_FILES.items())
     return "## Provenance\n\n" + bullets(lines) + "\n\nThe run folder holds:\n\n" + files

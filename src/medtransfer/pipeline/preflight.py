@@ -22,7 +22,7 @@ from .multi_source import check_multi_strategy, is_multi_source
 from .request import TransferRequest
 from .source import load_source_data, multi_source_input, source_encoder
 from .run import check_target
-from .transfer import check_budget, check_split_seed
+from .transfer import check_budget, check_dp, check_split_seed
 
 
 def preflight(request: TransferRequest, cache: dict | None = None) -> str | None:
@@ -42,6 +42,7 @@ def check(request: TransferRequest, cache: dict) -> None:
     """Raise MedTransferError with the reason when the request cannot run."""
     strategy = STRATEGIES.lookup(request.strategy)
     check_budget(strategy, request.budget)
+    check_dp(strategy, request)
     if strategy.needs_source() and not request.source:
         raise MedTransferError(f"strategy {strategy.name!r} needs --source (a run folder, weights file, imagenet:…, "
                                "timm:… or a source dataset)")

@@ -16,6 +16,7 @@ from ..evaluation.threshold import check_rule_syntax
 from ..models.backbones import pick_size
 from ..progress import SILENT, Progress
 from ..training.loop import ACCELERATORS, IMBALANCE, PRECISIONS, TrainConfig
+from ..training.privacy import DPConfig, parse_dp
 
 
 def check_int(name: str, value, minimum: int, flag: str | None = None, optional: bool = True) -> None:
@@ -169,10 +170,12 @@ class TransferRequest(RunSettings):
     positive: str | None = None  # binary: the positive class (None: the rule of data/positive.py)
     threshold: str | float | None = None  # the operating-point rule (None: 0.5 binary, argmax multiclass)
     calibrate: str = "none"  # none | temperature | platt | isotonic, fitted on validation
+    dp: DPConfig | str | dict | None = None  # --dp "epsilon=E,delta=D,clip=C": DP-SGD (Opacus); None: no DP
 
     def __post_init__(self):
         """Every option checked before any work: a bad value is one line naming it, never a default
         silently put in its place nor a crash after training."""
+        self.dp = parse_dp(self.dp)
         if not isinstance(self.data, str) or not self.data:
             raise MedTransferError(f"data must be a dataset spec such as heart:hungary, got {self.data!r} (--data)")
         if self.source is not None and not isinstance(self.source, str):

@@ -50,14 +50,20 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
     config = request.training.config(target.modality, request.seed, request.accelerator,
                                      progress=request.progress is not SILENT)
     ctx = TransferContext(budgeted, config, architecture, spec, source.model if source else None, source_data,
-                          source.classes if source else None, unlabelled=target.train.x, progress=request.progress)
+                          source.classes if source else None, unlabelled=target.train.x, progress=request.progress,
+                          dp=request.dp)
     model = strategy.run(ctx)
+    if request.dp is not None and (ctx.fit_result is None or ctx.fit_result.dp is None):
+        raise MedTransferError(f"--dp: strategy {strategy.name!r} did not train through the DP-SGD loop, so the "
+                               "result would not be private; use full, head, partial or scratch")
     decision = decide(model, budgeted, positive, request.threshold, request.calibrate)
     metrics, predictions, test_notes = evaluate_splits(model, budgeted, request.n_boot, request.seed, decision)
     fit = ctx.fit_result
     metrics["fit"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "val_score": fit.best_score,
                       "seconds": round(fit.seconds, 3)} if fit else {}
     metrics["fit"]["total_seconds"] = round(time.perf_counter() - started, 3)
+    if fit is not None and fit.dp is not None:
+        metrics["dp"] = fit.dp  # the accountant's epsilon after the steps taken, and what it rests on
     loading = request.loading
     resolved = {
         "data": request.data, "strategy": request.strategy, "source": request.source,
@@ -70,10 +76,12 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
         "positive_rule": positive.how if positive else None, "threshold": decision.point.rule,
         "calibrate": request.calibrate, "id_column": loading.id, "drop": list(loading.drop),
         "text_column": target.info.get("text_column"),
+        **({"dp": asdict(request.dp)} if request.dp is not None else {}),
         "strategy_notes": ctx.notes, "versions": versions(),
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    warnings = [*target.info.get("warnings", []), *fit_warnings(fit, source is not None), *decision.warnings,
+    warnings = [*target.info.get("warnings", []), *fit_warnings(fit, source is not None), *dp_warnings(fit),
+                *decision.warnings,
                 *test_notes, *filter(None, [signal_warning(spec, target) if source is not None else None])]
     result = RunResult(model, metrics, predictions, resolved, None, budgeted, warnings)
     if out is not None:
@@ -114,6 +122,15 @@ def fit_warnings(fit: FitResult | None, has_source: bool) -> list[str]:
         why = f"no epoch of {fit.epochs_run} beat the validation score before training ({fit.best_score:.4f})"
     return [*warnings, f"the selected model is from epoch 0, i.e. {started}: {why}; check the learning rate, the "
             "epochs and the validation split, or treat this result as untrained"]
+
+
+def dp_warnings(fit: FitResult | None) -> list[str]:
+    """What a DP run's guarantee does not say: a delta as large as 1/n is no guarantee worth the name."""
+    dp = fit.dp if fit is not None else None
+    if not dp or dp["delta"] < 1 / max(dp["n_private"], 1):
+        return []
+    return [f"--dp: delta {dp['delta']:g} is at least 1/n (n = {dp['n_private']} private examples), which allows "
+            "one example to be exposed outright; give a smaller delta, e.g. delta=1e-5"]
 
 
 def check_probabilities(prob, where: str) -> None:

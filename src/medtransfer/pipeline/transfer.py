@@ -4,10 +4,12 @@ evaluate (validation, then the test split, touched once) -> run folder (the last
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 from ..data import TaskDataset, parse_budget, require_classes
 from ..errors import MedTransferError
 from ..strategies import STRATEGIES, Strategy, get_strategy
+from ..training.privacy import check_private_training
 from .request import TransferRequest
 from .run import check_target, run_transfer
 from .run_folder import RunResult, output_dir
@@ -19,6 +21,7 @@ def transfer(request: TransferRequest) -> RunResult:
     started = time.perf_counter()
     strategy = get_strategy(request.strategy)
     check_budget(strategy, request.budget)
+    check_dp(strategy, request)
     out = output_dir(request.output, request.data, request.strategy,
                      "all" if request.budget is None else request.budget, f"s{request.seed}")
     source_data = load_source_data(request)
@@ -38,6 +41,22 @@ def check_split_seed(request: TransferRequest, target: TaskDataset) -> None:
     if request.split_seed and "split_seed" not in target.info:
         raise MedTransferError(f"{request.data} comes with fixed splits, so --split-seed {request.split_seed} cannot "
                                "redraw them; it applies to csv:, heart: and folder: datasets without split folders")
+
+
+def check_dp(strategy: Strategy, request: TransferRequest) -> None:
+    """--dp only for a strategy whose every use of the target's labels is the DP-SGD loop (tag `dp_sgd`),
+    with loop settings DP-SGD can honour: anywhere else it would be silently ignored or void."""
+    if request.dp is None:
+        return
+    if not strategy.dp_sgd:
+        able = ", ".join(sorted(n for n, cls in STRATEGIES.items() if cls.dp_sgd))
+        raise MedTransferError(f"--dp: strategy {strategy.name!r} does not learn from the target's labels by DP-SGD "
+                               "alone (a closed-form fit, a linear probe, a loss coupling examples, or no target "
+                               f"training), so --dp could not protect them; use one of: {able}")
+    t = request.training
+    check_private_training(SimpleNamespace(sampler=t.sampler or "none", class_weight=t.class_weight or "none",
+                                           compile=bool(t.compile), precision=t.precision or "auto"),
+                           None, None, None)
 
 
 def check_budget(strategy: Strategy, budget) -> None:

@@ -42,7 +42,9 @@ from sklearn.metrics import confusion_matrix, roc_curve
 from ..evaluation import grid_choice_key
 from ..evaluation.metrics import auc_paired_difference, auc_paired_mean_ci, expected_calibration_error
 from ..experiment import short
+from ..experiment.config import DP_NONE
 from ..strategies import STRATEGIES
+from ..training.privacy import parse_dp
 from .blocks import Block, Bullets, Heading, Paragraph, Plot, Pre, Table, png, to_html, to_markdown
 
 # Baselines are drawn in greys and dashes, given out in the order of `baselines()`; transfer methods get colours.
@@ -192,6 +194,8 @@ def _load(exp: Path):
     res["source"] = res["source"].fillna("none")
     res["split_seed"] = res.get("split_seed", pd.Series(0, index=res.index)).fillna(0).astype(int)
     res["method"] = [_method(st, so) for st, so in zip(res["strategy"], res["source"])]
+    res["dp_level"] = [_dp_label(d) for d in res.get("dp", pd.Series(DP_NONE, index=res.index))]
+    res["method"] = [m + (f" · DP {d}" if d else "") for m, d in zip(res["method"], res["dp_level"])]  # own method
     for name in _NUMBER_COLUMNS + _TEXT_COLUMNS:  # an older results.csv: the column is there, empty
         if name not in res:
             res[name] = np.nan
@@ -761,9 +765,45 @@ def _diagnostics(view: TargetView) -> list[Block]:
     return blocks
 
 
+def _dp_label(level) -> str:
+    """A cell's dp value as a method suffix ("ε=1"); "" without DP (also an older results.csv's empty cell)."""
+    dp = None if _blank(level) else parse_dp(str(level), flag="dp")
+    return dp.label() if dp is not None else ""
+
+
+def _privacy_utility(view: TargetView) -> list[Block]:
+    """Test AUC against the privacy budget (target epsilon, and the accountant's spent epsilon beside it),
+    per method with DP cells and its run without DP; only for targets whose grid has DP cells."""
+    curves: dict = {}  # (method without DP, budget) -> [(target epsilon or None, label, stats)]
+    for (m, b), s in view.stats.items():
+        level = str(s["rows"]["dp_level"].iloc[0]) if "dp_level" in s["rows"] else ""
+        base = m.replace(f" · DP {level}", "") if level else m
+        target = _seed_mean(s["rows"]["dp_epsilon_target"]) if level and "dp_epsilon_target" in s["rows"] else None
+        curves.setdefault((base, b), []).append((target, level, s))
+    curves = {k: sorted(v, key=lambda e: (e[0] is not None, e[0] or 0)) for k, v in curves.items()
+              if any(e[1] for e in v)}
+    if not curves:
+        return []
+    rows = []
+    for (base, b), entries in curves.items():
+        for target, level, s in entries:
+            spent = _seed_mean(s["rows"]["dp_epsilon"]) if level and "dp_epsilon" in s["rows"] else float("nan")
+            rows.append([base, f"{b} ({view.n_of[b]} labels)" if view.n_of.get(b) else b, level or "no DP",
+                         _fmt_score(spent) if level else "∞", str(len(s["seeds"])), _fmt(s["auc"], s["ci"]),
+                         _fmt_score(s["val_auc"])])
+    return [Heading("Privacy-utility curve (differential privacy, DP-SGD)", 3),
+            Paragraph("Test AUC (mean over seeds, 95% CI) of each method trained with DP-SGD at each target epsilon, "
+                      "beside the same method without DP. Spent ε is the accountant's (PRV) epsilon after the steps "
+                      "actually taken (early stopping can stop before the planned steps), at the δ recorded in each "
+                      "cell's metrics.json. The guarantee covers the target's labelled training examples; the "
+                      "validation split (epoch, threshold, calibration) and the source model are not covered."),
+            Plot(_privacy_png(view, curves), f"Privacy-utility curve, {view.target}"),
+            Table(["method", "budget", "DP", "spent ε (mean)", "seeds", "test AUC [95% CI]", "val AUC"], rows)]
+
+
 # One target's part of the report, in order: a new table or plot is a function of the view and one line here.
-TARGET_SECTIONS = [_test_splits, _warnings, _curves, _validation_table, _auc_table, _comparisons, _per_backbone,
-                   _operating_point, _diagnostics]
+TARGET_SECTIONS = [_test_splits, _warnings, _curves, _privacy_utility, _validation_table, _auc_table, _comparisons,
+                   _per_backbone, _operating_point, _diagnostics]
 
 
 # ----------------------------------------------------------------------------- plots
@@ -791,6 +831,42 @@ def _curves_png(view: TargetView) -> str:
     ax.set_xlabel(f"labelled target examples{scale}")
     ax.set_ylabel("test AUC (mean over seeds)")
     ax.set_title(f"Data efficiency: {view.target} · {view.backbone}", fontsize=11)
+    ax.grid(alpha=0.3, which="major")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return png(fig)
+
+
+def _privacy_png(view: TargetView, curves: dict) -> str:
+    """Seed-mean test AUC vs target epsilon (log axis) with its paired-bootstrap CI, one line per method and
+    budget; the method without DP as a dashed line and band of the same colour."""
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
+    ticks = set()
+    for i, ((base, b), entries) in enumerate(curves.items()):
+        colour = f"C{i % 10}"
+        label = base if len(view.budgets) == 1 else f"{base}, budget {b}"
+        private = [(t, s) for t, level, s in entries if level and t is not None and np.isfinite(t)]
+        if private:
+            x = np.array([t for t, _ in private])
+            v = np.array([s["auc"] for _, s in private])
+            lo = np.array([s["ci"][0] for _, s in private])
+            hi = np.array([s["ci"][1] for _, s in private])
+            ax.plot(x, v, marker="o", ms=4, color=colour, label=f"{label} (DP)")
+            ax.fill_between(x, lo, hi, color=colour, alpha=0.15, lw=0)
+            ticks |= set(x.tolist())
+        for t, level, s in entries:
+            if not level:
+                ax.axhline(s["auc"], color=colour, ls="--", label=f"{label} (no DP)")
+                if np.isfinite(s["ci"]).all():
+                    ax.axhspan(s["ci"][0], s["ci"][1], color=colour, alpha=0.06)
+    ax.set_xscale("log")
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+        ax.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in sorted(ticks)]))
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("target ε (log scale; smaller is more private)")
+    ax.set_ylabel("test AUC (mean over seeds)")
+    ax.set_title(f"Privacy-utility: {view.target} · {view.backbone}", fontsize=11)
     ax.grid(alpha=0.3, which="major")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return png(fig)

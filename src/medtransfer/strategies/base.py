@@ -23,6 +23,7 @@ from ..models.logistic import fit_logistic
 from ..progress import SILENT, Progress
 from ..registry import Registry
 from ..training.loop import FitResult, TrainConfig, fit
+from ..training.privacy import DPConfig
 
 STRATEGIES = Registry("strategy")  # name -> Strategy class
 
@@ -51,6 +52,7 @@ class TransferContext:
     unlabelled: torch.Tensor | None = None
     notes: dict = field(default_factory=dict)  # what a strategy decided (selection split, estimated prior)
     progress: Progress = SILENT  # where the training loop reports its epochs
+    dp: DPConfig | None = None  # --dp: the loop trains with DP-SGD (only strategies tagged `dp_sgd` are given one)
 
     def fit(self, model: nn.Module, groups: list[dict], frozen: list[nn.Module] = (), extra_loss=None,
             *, train=None, val=None, batch_loss=None, score_fn=None, keep_initial: bool = True,
@@ -62,7 +64,7 @@ class TransferContext:
                               self.target.val if val is None else val, self.target.task,
                               self.target.modality, config, frozen=list(frozen), extra_loss=extra_loss,
                               batch_loss=batch_loss, score_fn=score_fn, keep_initial=keep_initial,
-                              progress=self.progress)
+                              progress=self.progress, dp=self.dp)
         return model
 
     def require_source_model(self, strategy: str) -> Classifier:
@@ -94,6 +96,10 @@ class Strategy(ABC):
     baseline = False  # a reference transfer methods are compared with, never "the best transfer method"
     uses_backbone = True  # False: the result does not depend on --backbone (logistic-regression baselines)
     modalities: tuple[str, ...] | None = None  # the data it takes (None: any); e.g. ("text",) for TF-IDF
+    # Trains the target's labelled examples only through the one loop with a per-example loss, so `--dp`
+    # (DP-SGD) covers everything it learns from them. False: a closed-form fit (logistic regression, a
+    # linear probe's head), a loss coupling examples, or no target training at all: --dp is refused.
+    dp_sgd = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -68,6 +68,7 @@ def fine_tune_all(ctx: TransferContext, model: Classifier, head_lr_ratio: float 
 class Full(Strategy):
     name = "full"
     summary = "fine-tune everything; backbone LR = 0.1 x head LR (or layer-wise decay), one warm-up epoch"
+    dp_sgd = True  # --dp trains it with DP-SGD
 
     def run(self, ctx: TransferContext) -> Classifier:
         return fine_tune_all(ctx, ctx.target_model(self.name))

@@ -6,6 +6,7 @@ from .base import Strategy, TransferContext, register
 class Head(Strategy):
     name = "head"
     summary = "frozen source backbone, new linear head trained by AdamW"
+    dp_sgd = True  # --dp trains it with DP-SGD
 
     def run(self, ctx: TransferContext) -> Classifier:
         model = ctx.target_model(self.name)

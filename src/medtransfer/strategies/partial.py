@@ -24,6 +24,7 @@ class Partial(Strategy):
     name = "partial"
     summary = "fine-tune the last k backbone stages (default 1) and the head"
     stages = 1
+    dp_sgd = True  # --dp trains it with DP-SGD
 
     @classmethod
     def accepts(cls, backbone: str | None) -> bool:

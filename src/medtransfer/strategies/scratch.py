@@ -8,6 +8,7 @@ class Scratch(Strategy):
     summary = "same architecture, random initialisation: the baseline every transfer is compared with"
     needs_source_model = False
     baseline = True
+    dp_sgd = True  # --dp trains it with DP-SGD
 
     def run(self, ctx: TransferContext) -> Classifier:
         import torch

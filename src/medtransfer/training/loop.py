@@ -35,6 +35,7 @@ from ..evaluation.selection import selection_key
 from ..models.inference import predict_proba
 from ..progress import Progress, as_progress
 from .augment import augment_batch
+from .privacy import DPConfig, PrivateTraining, check_private_training
 
 
 @dataclass
@@ -68,6 +69,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     diverged_epoch: int | None = None  # training stopped here: the loss was not finite (best earlier epoch kept)
     compiled: bool = False  # every training step ran under torch.compile (False: off, or it fell back)
+    dp: dict | None = None  # a DP-SGD run's guarantee and settings (`PrivateTraining.record`); None without --dp
 
 
 ACCELERATORS = ("cpu", "cuda", "mps")  # besides "auto"
@@ -214,7 +216,7 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
         config: TrainConfig, frozen: list[nn.Module] = (), extra_loss: Callable | None = None,
         batch_loss: Callable | None = None, score_fn: Callable | None = None,
         after_step: Callable | None = None, keep_initial: bool = True, score_name: str = "val AUC",
-        progress: Progress | None = None) -> FitResult:
+        progress: Progress | None = None, dp: DPConfig | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights with the best validation score.
 
     batch_loss(model, xb, yb, generator) -> loss replaces the supervised loss (default: augmentation +
@@ -222,19 +224,29 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     the last epoch is kept); after_step(model) runs after every optimizer step (e.g. a momentum update).
     keep_initial=False logs the score before the first step but never returns the untrained weights.
     progress: where the epochs are reported (default: a bar when config.progress, else nothing).
+    dp: train with differential privacy, DP-SGD by Opacus (`training/privacy.py`); FitResult.dp records it.
     """
     if len(train) == 0:
         raise MedTransferError("no labelled training examples to train on: raise the label budget")
     if config.batch_size < 1:  # the pipeline refuses it up front (TrainOptions); this guards direct callers
         raise MedTransferError(f"batch size must be at least 1, got {config.batch_size} (--batch-size)")
     torch.manual_seed(config.seed)
-    fabric = make_fabric(config.accelerator, config.precision)
+    private = None  # DP-SGD (--dp): Opacus's per-example clipping, noise, Poisson batches and accountant
+    if dp is not None:
+        check_private_training(config, extra_loss, batch_loss, after_step)
+        size = min(config.batch_size, len(train))
+        steps = max(math.ceil(len(train) / size), config.min_steps_per_epoch)  # as below, for the accountant
+        private = PrivateTraining(dp, len(train), size, steps, config.epochs)
+        param_groups = private.prepare(model, param_groups)  # BatchNorm -> GroupNorm where it trains
+    fabric = make_fabric(config.accelerator, config.precision if private is None else "fp32")
     channels_last = config.channels_last and train.x.ndim == 4  # NHWC is a 2D-image layout
     if channels_last:  # before the optimizer: parameters keep their identity, only their layout changes
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     module = model  # the unwrapped model: compile and the layout are undone on it at the end
-    model, optimizer = fabric.setup(model, optimizer)
+    model, optimizer = fabric.setup(model if private is None else private.wrap(model), optimizer)
+    if private is not None:
+        optimizer = private.optimizer(optimizer)
     device = fabric.device
     x_train, y_train = train.x.to(device), train.y.to(device)
     if channels_last:
@@ -281,14 +293,25 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
             model.train()
             for part in frozen:  # frozen parts keep their BatchNorm statistics
                 part.eval()
-            order = epoch_order(train.y, steps_per_epoch * batch_size, config.sampler, generator).to(device)
+            if private is not None:
+                private.freeze_batchnorm(module)
+            order = None if private is not None else \
+                epoch_order(train.y, steps_per_epoch * batch_size, config.sampler, generator).to(device)
             total_loss = torch.zeros((), device=device)
             # no host sync inside the steps: the loss is summed on the device and read once per epoch
             with compiler:
                 for step in range(steps_per_epoch):
-                    index = order[step * batch_size:(step + 1) * batch_size]
-                    if len(index) < 2 and len(train) > 1:
-                        continue  # a batch of one breaks BatchNorm and adds nothing
+                    if private is not None:  # a Poisson batch; an empty one is a noise-only step
+                        index = private.sample(generator).to(device)
+                        if len(index) == 0:
+                            private.empty_batch()
+                            optimizer.step()
+                            scheduler.step()
+                            continue
+                    else:
+                        index = order[step * batch_size:(step + 1) * batch_size]
+                        if len(index) < 2 and len(train) > 1:
+                            continue  # a batch of one breaks BatchNorm and adds nothing
                     try:
                         loss = train_step(index)
                     except Exception as exc:
@@ -318,6 +341,8 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     finally:
         bar.close()
         compiler.remove()
+        if private is not None:
+            private.close()
         if channels_last:  # checkpoints (safetensors) and later callers expect the usual layout
             module.to(memory_format=torch.contiguous_format)
     if diverged and best_state is None:
@@ -327,7 +352,8 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
         model.load_state_dict(best_state)
     best_score = float("nan") if best_score is None else best_score
     return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history, diverged,
-                     compiled=compiler.active and history[-1]["epoch"] > 0)
+                     compiled=compiler.active and history[-1]["epoch"] > 0,
+                     dp=None if private is None else private.record())
 
 
 def check_imbalance(config: TrainConfig, task: str) -> None:
