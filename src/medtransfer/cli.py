@@ -455,6 +455,7 @@ def export_command(run: Path = typer.Argument(..., help="a run directory"),
                  f"{parity['max_abs_diff']:.2e} (allowed {parity['tolerance']:g}; {parity['runtime']})"):
         console.print(line, highlight=False, markup=False, emoji=False)
 
+
 @app.command()
 def serve(run: Path = typer.Argument(..., help="a run directory"),
           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (--no-auth: loopback only)"),
