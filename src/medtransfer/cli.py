@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,6 +18,7 @@ from rich.console import Console
 from typer._click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError
 
 from .errors import MedTransferError
+from .runs import check_file_writable
 from .reporting.blocks import Table, metrics_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -352,7 +352,7 @@ def evaluate(run: Path = typer.Argument(..., help="a run directory"),
 
     for path, option in ((json_out, "--json"), (predictions, "--predictions")):
         if path:
-            check_writable(path, option)
+            check_file_writable(path, option)
     metrics = api.evaluate(run, data=data, split=split, data_root=data_root, predictions=predictions)
     counts = metrics.get("counts", {})
     n = f", n={counts['n']}" if counts else ""
@@ -374,7 +374,7 @@ def predict(run: Path = typer.Argument(..., help="a run directory"),
     from . import api
 
     if out:
-        check_writable(out, "--out", overwrite)
+        check_file_writable(out, "--out", overwrite)
     frame = api.predict(run, inputs, data_root=data_root)
     if out:
         frame.to_csv(out, index=False)
@@ -520,22 +520,6 @@ def report(folder: Path = typer.Argument(..., help="an experiment folder")):
 
     html, md = api.write_report(folder)
     console.print(f"report: {html} and {md}")
-
-
-def check_writable(path: Path, option: str, overwrite: bool = False) -> None:
-    """Refuse an output file that exists (unless `overwrite`) or cannot be written, before any work."""
-    if path.exists() and not (overwrite and path.is_file()):
-        how = "pass --overwrite or choose" if path.is_file() and option == "--out" else "choose"
-        raise MedTransferError(f"{path} already exists; {how} another {option} path")
-    folder = path.parent
-    if not folder.is_dir():
-        raise MedTransferError(f"cannot write {path}: {folder} is not a folder; create it or choose another {option}")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise MedTransferError(f"cannot write {path}: {folder} is not writable ({exc.strerror}); "
-                               f"choose another {option}") from None
 
 
 def show(*blocks) -> None:

@@ -43,6 +43,22 @@ def check_writable(out: Path, overwrite: bool) -> None:
     probe_parent(out)
 
 
+def check_file_writable(path: Path, option: str, overwrite: bool = False) -> None:
+    """Refuse an output file that exists (unless `overwrite`) or cannot be written, before any work."""
+    if path.exists() and not (overwrite and path.is_file()):
+        how = "pass --overwrite or choose" if path.is_file() and option == "--out" else "choose"
+        raise MedTransferError(f"{path} already exists; {how} another {option} path")
+    folder = path.parent
+    if not folder.is_dir():
+        raise MedTransferError(f"cannot write {path}: {folder} is not a folder; create it or choose another {option}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise MedTransferError(f"cannot write {path}: {folder} is not writable ({exc.strerror}); "
+                               f"choose another {option}") from None
+
+
 def probe_parent(out: Path) -> None:
     """Create and remove a probe folder where `out` will be created (its nearest existing ancestor)."""
     parent = Path(os.path.abspath(out)).parent

@@ -12,7 +12,6 @@ existing file replaced with `overwrite` is swapped only once the new one has pas
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from ..errors import MedTransferError
 from ..models import export_formats as formats
 from ..models.checkpoint import load_checkpoint
 from ..models.inference import predict_proba
-from ..runs import dumps
+from ..runs import check_file_writable, dumps
 from .export_contract import INPUT_NAMES, describe, flat_metadata, sha256
 from .reuse import check_inputs, read_config
 from .run_folder import require_classifier
@@ -98,17 +97,7 @@ def check_destination(out: Path, sidecar: Path, overwrite: bool) -> None:
     if out.is_dir():
         raise MedTransferError(f"--out {out} is a folder; give a file path, e.g. {out / 'model.onnx'}")
     for path in (out, sidecar):
-        if path.exists() and not overwrite:
-            raise MedTransferError(f"{path} already exists; pass --overwrite or choose another --out")
-    folder = out.parent
-    if not folder.is_dir():
-        raise MedTransferError(f"cannot write {out}: {folder} is not a folder; create it or choose another --out")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise MedTransferError(f"cannot write {out}: {folder} is not writable ({exc.strerror}); choose another "
-                               "--out") from None
+        check_file_writable(path, "--out", overwrite)
 
 
 def test_inputs(run: Path, meta: dict, data_root, examples: int | None) -> tuple[torch.Tensor, str]:
