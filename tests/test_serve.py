@@ -369,3 +369,10 @@ def test_the_cli_serves_until_interrupted(heart_run):
         rest = child.communicate(timeout=30)[1]
     assert child.returncode == 130 and rest.strip().endswith("interrupted"), rest
     assert "POST /predict 200" in rest and "POST /predict 401" in rest and str(Path(heart_run)) not in rest
+
+
+def test_the_package_root_gives_the_app_factory():
+    import medtransfer
+    from medtransfer import serve
+
+    assert medtransfer.create_app is serve.create_app and callable(medtransfer.explain) and callable(medtransfer.export)

@@ -1,8 +1,8 @@
 """medtransfer: transfer learning on medical data, from source model to clinical evaluation."""
 
 __version__ = "0.1.0"
-__all__ = ["pretrain", "transfer", "evaluate", "predict", "explain", "export", "shift", "rank", "create_app", "serve"]
-SERVED = ("create_app", "serve")  # from serve.py, which sits above the API
+__all__ = ["pretrain", "transfer", "evaluate", "predict", "explain", "export", "shift", "rank", "create_app"]
+SERVED = ("create_app",)  # from serve.py, which sits above the API (mt.serve is that module)
 
 
 def __getattr__(name):  # keep `import medtransfer` light; torch loads on first use
