@@ -107,6 +107,8 @@ def test_tabular_export_matches_the_run_and_documents_the_encoding(heart_run, tm
     assert point["positive_class"] == "disease" and record["classes"] == ["no disease", "disease"]
     assert "calibration (temperature, fitted on validation)" in record["output"]["in_graph"]
     assert embedded(result) == {k: v for k, v in record.items() if k not in ("file", "parity")}
+    # the file and `medtransfer serve` name the same model the same way
+    assert record["model"]["version"] == mt.create_app(heart_run, token="t" * 16).state.served.version
 
     # the documented encoding, implemented from the sidecar alone, feeds the file to mt.predict's numbers
     rows = heart_frame().query("dataset == 'Hungary'").drop(columns=["dataset", "disease"]).head(25)

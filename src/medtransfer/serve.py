@@ -25,7 +25,6 @@ or an upload's name; an unexpected failure is logged by its exception class only
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -82,7 +81,7 @@ class Served:
 def load_served(run: str | Path) -> Served:
     """The run's classifier in eval mode, its version (folder name @ the first 12 hex digits of the
     weights' SHA-256: a retrained run in the same folder answers with another version) and its card."""
-    from .models.checkpoint import WEIGHTS, load_checkpoint
+    from .models.checkpoint import load_checkpoint, model_version
     from .pipeline.run_folder import require_classifier
 
     run = Path(run)
@@ -93,9 +92,8 @@ def load_served(run: str | Path) -> Served:
         raise MedTransferError(f"{run} takes {modality} inputs; `medtransfer serve` serves {', '.join(MODALITIES)} "
                                "runs: predict on 3D volumes with `medtransfer predict RUN medmnist:…`")
     model.eval()
-    digest = hashlib.sha256((run / WEIGHTS).read_bytes()).hexdigest()[:12]
     card = run / "model_card.md"
-    return Served(run, model, meta, f"{run.resolve().name}@{digest}",
+    return Served(run, model, meta, model_version(run),
                   card.read_text(encoding="utf-8") if card.is_file() else None)
 
 

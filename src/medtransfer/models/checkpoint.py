@@ -3,6 +3,7 @@ classes, tabular encoding, provenance). No pickles: safe to load from anyone."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +17,21 @@ from .calibration import METHODS as CALIBRATIONS
 from .calibration import Calibration
 
 WEIGHTS, META = "model.safetensors", "model.json"
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in blocks (weights and exported models can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_version(directory: Path, weights: str | None = None) -> str:
+    """"<run folder name>@<first 12 hex digits of the weights' SHA-256>": one version string for the served
+    model and the exported file of the same run (a retrained run in the same folder gets another)."""
+    return f"{Path(directory).resolve().name}@{(weights or file_sha256(Path(directory) / WEIGHTS))[:12]}"
 
 
 REQUIRED = {"architecture": dict, "input": dict, "task": str, "classes": list, "num_outputs": int}

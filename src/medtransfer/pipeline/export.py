@@ -22,10 +22,10 @@ from ..data import load_dataset
 from ..data.tabular import TabularEncoder
 from ..errors import MedTransferError
 from ..models import export_formats as formats
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import file_sha256, load_checkpoint
 from ..models.inference import predict_proba
 from ..runs import check_file_writable, dumps
-from .export_contract import INPUT_NAMES, describe, flat_metadata, sha256
+from .export_contract import INPUT_NAMES, describe, flat_metadata
 from .reuse import check_inputs, read_config
 from .run_folder import require_classifier
 
@@ -134,7 +134,7 @@ def write(fmt: str, module: formats.Probabilities, x: torch.Tensor, path: Path, 
 
 
 def file_record(fmt: str, path: Path) -> dict:
-    record = {"name": path.name, "format": fmt, "sha256": sha256(path), "bytes": path.stat().st_size,
+    record = {"name": path.name, "format": fmt, "sha256": file_sha256(path), "bytes": path.stat().st_size,
               "torch": torch.__version__}
     if fmt == "onnx":
         import onnx

@@ -9,11 +9,10 @@ file's digest and the parity check, into the sidecar `<file>.json`.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..data.tabular import MISSING
-from ..models.checkpoint import WEIGHTS
+from ..models.checkpoint import WEIGHTS, file_sha256, model_version
 from .reuse import stored_operating_point
 
 CONTRACT_VERSION = "medtransfer-export/1"
@@ -22,21 +21,13 @@ AXES = {"image2d": ["channels", "height", "width"], "image3d": ["channels", "dep
         "tabular": ["features"], "signal": ["channels", "time"]}
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe(run: Path, meta: dict, shape: tuple[int, ...]) -> dict:
     """The whole description for a run whose inputs (one example) have `shape`."""
     modality = meta["input"]["modality"]
-    weights = sha256(run / WEIGHTS)
+    weights = file_sha256(run / WEIGHTS)
     return {
         "contract": CONTRACT_VERSION,
-        "model": {"run": run.name, "weights_sha256": weights, "version": f"{run.name}@{weights[:12]}",
+        "model": {"run": run.resolve().name, "weights_sha256": weights, "version": model_version(run, weights),
                   "architecture": meta["architecture"], "data": meta.get("provenance", {}).get("data")},
         "task": meta["task"],
         "classes": [str(c) for c in meta["classes"]],
