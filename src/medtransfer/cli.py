@@ -14,8 +14,11 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-# typer (pinned to 0.29.x in pyproject.toml) vendors click: these are the errors its parser raises
-from typer._click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError
+# the errors typer's parser raises: typer 0.29 vendors click as typer._click, older typer (which Flower pins) uses click
+try:
+    from typer._click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError
+except ImportError:
+    from click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError
 
 from .errors import MedTransferError
 from .runs import check_file_writable
