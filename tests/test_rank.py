@@ -236,3 +236,20 @@ def test_grid_choice_key_is_validation_auc_then_log_loss_then_name():
     keys = {"b": grid_choice_key(0.9, 0.3, "b"), "a": grid_choice_key(0.9, float("nan"), "a"),
             "c": grid_choice_key(0.8, 0.1, "c"), "d": grid_choice_key(0.9, 0.3, "d")}
     assert sorted(keys, key=keys.get) == ["b", "d", "a", "c"]  # unrecorded log-loss ranks last among the tied
+
+
+def test_rank_against_a_grid_takes_the_grids_source_settings_and_refuses_others(tmp_path):
+    from medtransfer.pipeline.rank import RankRequest, as_grid_ran
+    exp = write_grid(tmp_path / "exp")
+    (exp / "config.yaml").write_text("name: g\nbackbones: [mlp]\ntrain: {source_epochs: 7, image_size: 64}\n")
+    request = as_grid_ran(RankRequest("heart:hungary", SOURCES), exp)
+    assert (request.source_epochs, request.image_size, request.backbone) == (7, 64, "mlp")
+    assert as_grid_ran(RankRequest("heart:hungary", SOURCES, source_epochs=7), exp).source_epochs == 7
+    with pytest.raises(MedTransferError, match="--source-epochs 3, but the experiment .* source epochs 7"):
+        as_grid_ran(RankRequest("heart:hungary", SOURCES, source_epochs=3), exp)
+    with pytest.raises(MedTransferError, match="--backbone linear, but the experiment .* ran mlp"):
+        as_grid_ran(RankRequest("heart:hungary", SOURCES, backbone="linear"), exp)
+    (exp / "config.yaml").write_text("name: g\nbackbones: [mlp, linear]\n")
+    with pytest.raises(MedTransferError, match="--image-size 64, but .* image size its default"):
+        as_grid_ran(RankRequest("heart:hungary", SOURCES, image_size=64), exp)
+    assert as_grid_ran(RankRequest("heart:hungary", SOURCES), exp).backbone is None  # two ran: none imposed

@@ -314,7 +314,8 @@ def rank(data: str = DATA,
          source_epochs: Optional[int] = typer.Option(None, "--source-epochs", help="epochs when pretraining a source "
                                                      "dataset"),
          against: Optional[Path] = typer.Option(None, "--against", help="an experiment folder: Kendall's tau between "
-                                                "each score and its sources' validation-chosen test AUCs at --budget"),
+                                                "each score and its sources' validation-chosen test AUCs at --budget "
+                                                "(sources pretrained as the grid's config.yaml did)"),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder to write rank.json and rank.md"),
          data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
          overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):

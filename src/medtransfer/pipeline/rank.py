@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -147,7 +147,10 @@ def rank(request: RankRequest, write_report=None) -> RankResult:
     out = Path(request.out) if request.out is not None else None
     if out is not None:
         check_writable(out, request.overwrite)
-    grid = grid_aucs(Path(request.against), request.data, request.budget) if request.against else None
+    grid = None
+    if request.against:
+        request = as_grid_ran(request, Path(request.against))
+        grid = grid_aucs(Path(request.against), request.data, request.budget)
     target = request.loading.load(request.data)
     require_classes(target, request.data)
     n_train = len(apply_budget(target, request.budget, request.seed).train)  # a budget too large fails here
@@ -264,6 +267,42 @@ def kendall(scores: list[SourceScore], name: str) -> dict:
         return entry
     entry.update(tau=float(tau), p=float(p))
     return entry
+
+
+GRID_SETTINGS = (("image_size", "--image-size"), ("source_epochs", "--source-epochs"))
+
+
+def as_grid_ran(request: RankRequest, folder: Path) -> RankRequest:
+    """The request with the settings the experiment pretrained its sources with (its config.yaml: image size,
+    source epochs, backbone), so tau compares scores of the very source models the grid fine-tuned. A setting
+    given here that differs from the grid's is refused: the tau would be about other models."""
+    import yaml
+
+    path = folder / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        config = None
+    if not isinstance(config, dict):  # results.csv alone (checked next) cannot say how the sources were made
+        return request
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    changes = {}
+    for name, flag in GRID_SETTINGS:
+        ran, given = train.get(name), getattr(request, name)
+        if given is None:
+            changes[name] = ran
+        elif str(given) != str(ran):
+            shown = "its default" if ran is None else ran
+            raise MedTransferError(f"{flag} {given}, but the experiment in {folder} pretrained its sources with "
+                                   f"{name.replace('_', ' ')} {shown}; leave {flag} out to rank the sources it "
+                                   "fine-tuned (--against)")
+    backbones = config.get("backbones") or []
+    if request.backbone is None and len(backbones) == 1:
+        changes["backbone"] = backbones[0]
+    elif request.backbone is not None and backbones and request.backbone not in backbones:
+        raise MedTransferError(f"--backbone {request.backbone}, but the experiment in {folder} ran "
+                               f"{', '.join(map(str, backbones))}; give one of them (--against)")
+    return replace(request, **changes)
 
 
 def grid_aucs(folder: Path, data: str, budget) -> dict:
