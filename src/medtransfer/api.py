@@ -369,8 +369,8 @@ def rank(data: str, sources, *, budget=None, seed: int = 0, data_root=None, targ
     has commas, goes alone in a list item). `against`: an experiment folder; each source's validation-
     chosen fine-tuned test AUC at this budget is read from its results.csv and Kendall's tau between each
     score and those AUCs is reported; source datasets are pretrained with the grid's image size, source
-    epochs and (one) backbone, and a different one given here is refused. `out`: a folder for rank.json and rank.md. Returns a `RankResult`
-    (`.scores`, best LogME first; `.against`)."""
+    epochs and (one) backbone, and a different one given here is refused. `out`: a folder for rank.json and
+    rank.md. Returns a `RankResult` (`.scores`, best LogME first; `.against`)."""
     from .pipeline.rank import RankRequest
     from .pipeline.rank import rank as run_rank
 
