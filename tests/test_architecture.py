@@ -18,7 +18,7 @@ LAYERS = [
     {"training"},
     {"strategies", "ssl"},
     {"pipeline"},
-    {"experiment"},
+    {"experiment", "federation"},
     {"reporting"},
     {"api"},
     {"demo", "serve"},

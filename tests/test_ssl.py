@@ -365,3 +365,58 @@ def test_cli_limit_pretrains_on_that_many_images(tmp_path):
     assert result.returncode == 0, result.stderr
     config = json.loads((run / "config.json").read_text())
     assert config["n_images"] == 6 and config["limit"] == 6
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+def _recordings(path, n: int = 64, length: int = 64, seed: int = 0):
+    """n one-channel recordings of two classes (a slower or faster sine with noise), as an npz: dataset."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    t = np.linspace(0, 1, length)
+    phase = rng.uniform(0, 6, (n, 1))
+    x = np.sin(2 * np.pi * (3 + 5 * y[:, None]) * t + phase) + 0.1 * rng.standard_normal((n, length))
+    np.savez(path, x=x.astype(np.float32), y=y)
+    return f"npz:{path}"
+
+
+def test_signal_views_are_seeded_keep_shape_and_differ():
+    from medtransfer.training.augment import SignalViewConfig
+    x = torch.randn(6, 2, 50, generator=torch.Generator().manual_seed(0))
+    v1, v2 = two_views(x, torch.Generator().manual_seed(3), SignalViewConfig())
+    w1, w2 = two_views(x, torch.Generator().manual_seed(3), SignalViewConfig())
+    assert v1.shape == v2.shape == x.shape and torch.equal(v1, w1) and torch.equal(v2, w2)
+    assert not torch.allclose(v1, v2) and not torch.allclose(v1, x)
+    quiet = SignalViewConfig(jitter=0, scaling=0, shift=0, mask=0)
+    assert torch.allclose(two_views(x, torch.Generator().manual_seed(3), quiet)[0], x)  # every augmentation off
+    with pytest.raises(ValueError, match="SignalViewConfig"):
+        two_views(x, None, ViewConfig())  # image views on signals: refused, never a silent reshape
+    assert SignalViewConfig.parse(["mask=0.5"]).mask == 0.5
+    with pytest.raises(MedTransferError, match="unknown view option 'crop_scale'"):
+        SignalViewConfig.parse(["crop_scale=0.5,1"])
+    with pytest.raises(MedTransferError, match="share of the length"):
+        SignalViewConfig.parse({"shift": 1.5})
+
+
+def test_signal_simclr_run_is_a_source_for_transfer(tmp_path):
+    from medtransfer.api import pretrain, transfer
+    from medtransfer.models.checkpoint import read_meta
+    spec = _recordings(tmp_path / "beats.npz")
+    run = tmp_path / "ssl"
+    result = pretrain(spec, method="simclr", backbone="cnn1d", epochs=1, batch_size=16, out=run,
+                      accelerator="cpu", progress=False)
+    assert result.config["views"] == {"jitter": 0.1, "scaling": 0.2, "shift": 0.2, "mask": 0.25}
+    assert result.metrics["monitor"]["name"] == "knn_auc"  # the labelled val split monitors the encoder
+    meta = read_meta(run)
+    assert meta["input"]["modality"] == "signal" and meta["input"]["length"] == 64
+    target = _recordings(tmp_path / "target.npz", n=48, seed=1)
+    run2 = transfer(target, "linear-probe", source=str(run), budget=12, epochs=2, out=tmp_path / "probe",
+                    accelerator="cpu", progress=False)
+    assert run2.metrics["test"]["auc"]["value"] > 0.7 and run2.config["source"] == str(run)  # two sines apart
+    with pytest.raises(MedTransferError, match="one \\(channels, length\\)"):
+        pretrain([spec, _recordings(tmp_path / "long.npz", length=80)], method="simclr", backbone="cnn1d",
+                 epochs=1, out=tmp_path / "no", progress=False)
+    with pytest.raises(MedTransferError, match="--image-size applies to images"):
+        pretrain(spec, method="simclr", backbone="cnn1d", image_size=32, epochs=1, out=tmp_path / "no",
+                 progress=False)

@@ -1,7 +1,8 @@
 """medtransfer: transfer learning on medical data, from source model to clinical evaluation."""
 
 __version__ = "0.1.0"
-__all__ = ["pretrain", "transfer", "evaluate", "predict", "explain", "export", "shift", "rank", "create_app"]
+__all__ = ["pretrain", "transfer", "evaluate", "predict", "explain", "export", "shift", "rank", "federated",
+           "create_app"]
 SERVED = ("create_app",)  # from serve.py, which sits above the API (mt.serve is that module)
 
 

@@ -51,6 +51,7 @@ OPTIONS = {
                     "--device"),
     "split": (TEXT, lambda v: v in SPLITS, f"one of {', '.join(SPLITS)}", "--split"),
     "jobs": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--jobs"),
+    "gpus_per_cell": (NUMBER, lambda v: v >= 0, "a number >= 0", "--gpus-per-cell"),
     "n_perm": (INTEGER, lambda v: v >= 0, "an integer >= 0", "--permutations"),
     "max_samples": (INTEGER, lambda v: v >= 10, "an integer >= 10", "--max-samples"),
     "temperature": (NUMBER, lambda v: v > 0, "a number > 0", "--temperature"),
@@ -58,6 +59,8 @@ OPTIONS = {
     "momentum": (NUMBER, lambda v: 0 <= v < 1, "a number in [0, 1)", "--momentum"),
     "limit": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--limit"),
     "examples": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--examples"),
+    "devices": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--devices"),
+    "num_nodes": (INTEGER, lambda v: v >= 1, "an integer >= 1", "--num-nodes"),
 }
 
 
@@ -95,7 +98,8 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
              calibrate: str = "none", class_weight: str | None = None, sampler: str | None = None,
              id: str | None = None, drop=(), layer_decay: float | None = None,  # noqa: A002 - `id` is --id
              precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
-             text: str | None = None, dp=None) -> RunResult:
+             text: str | None = None, dp=None, devices: int | None = None,
+             num_nodes: int | None = None) -> RunResult:
 
     """Move a source model (or none, for `scratch`) to the target dataset `data` with `strategy`,
     using at most `budget` labelled target examples; evaluate on the target's test split.
@@ -121,17 +125,21 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
 
     Differential privacy: `dp="epsilon=1"` (or "epsilon=E,delta=D,clip=C", or a dict of those keys) trains
     with DP-SGD (Opacus) at that target epsilon; delta defaults to min(1e-5, 1/(10 n)), clip to 1.0. Only
-    full, head, partial and scratch train privately; metrics["dp"] holds the accountant's spent epsilon."""
+    full, head, partial and scratch train privately; metrics["dp"] holds the accountant's spent epsilon.
+
+    Data parallel: `devices=N` (x `num_nodes=M`) trains with DDP in N x M processes (docs/multi-device.md);
+    `batch_size` stays the global batch, each device trains on its share; rank 0 writes the run and its
+    result is returned (None on a node other than node 0). Strategies not tagged `data_parallel` are refused."""
     check_options(seed=seed, split_seed=split_seed, budget=budget, image_size=image_size, epochs=epochs, lr=lr,
                   batch_size=batch_size, patience=patience, source_epochs=source_epochs, accelerator=accelerator,
-                  n_boot=n_boot)
+                  n_boot=n_boot, devices=devices, num_nodes=num_nodes)
     source = str(source) if isinstance(source, Path) else source  # a run folder or weights file as a Path
     return pipeline.transfer(TransferRequest(
         data, strategy, source, budget=budget, seed=seed, split_seed=split_seed, backbone=backbone,
         image_size=image_size, source_epochs=source_epochs, positive=positive, threshold=threshold,
         calibrate=calibrate, loading=DataOptions(data_root, target, group, id, drop, text),
         training=TrainOptions(epochs, lr, batch_size, patience, augment, class_weight, sampler, layer_decay, precision,
-                              channels_last, compile),
+                              channels_last, compile, devices, num_nodes),
         output=Output(out, overwrite, save, weights), accelerator=accelerator, n_boot=n_boot,
         progress=as_progress(progress), dp=dp))
 
@@ -154,7 +162,8 @@ def pretrain(data: str | list[str], *, method: str = "supervised", backbone: str
     if ssl_only:
         raise MedTransferError(f"{', '.join(ssl_only)} apply to --method simclr or moco, not supervised")
     train = {k: options.pop(k, None) for k in ("epochs", "lr", "batch_size", "patience", "augment", "class_weight",
-                                               "sampler", "layer_decay", "precision", "channels_last", "compile")}
+                                               "sampler", "layer_decay", "precision", "channels_last", "compile",
+                                               "devices", "num_nodes")}
     loading = {k: options.pop(k, None) for k in ("data_root", "target", "group", "text")}
     output = Output(out, overwrite, options.pop("save", True), options.pop("weights", True))
     request = PretrainRequest(data, method, backbone=backbone, seed=seed, image_size=options.pop("image_size", None),
@@ -174,17 +183,20 @@ def pretrain_self_supervised(data: str | list[str], method: str = "simclr", *, b
                              temperature: float | None = None, queue_size: int | None = None,
                              momentum: float | None = None, views=None, monitor: bool | None = True,
                              limit: int | None = None, target: str | None = None,
-                             group: str | None = None) -> RunResult:
+                             group: str | None = None, devices: int | None = None,
+                             num_nodes: int | None = None) -> RunResult:
     """SimCLR / MoCo v2 on the images of `data` (labels ignored); the monitor is k-NN AUC on the
     first dataset's labelled val split when it has one (the best epoch is kept; else the last).
     `views`: augmentation options (ViewConfig fields) as a dict or ["name=value", ...]. The run folder
-    is an ordinary source: `transfer(..., source=run_dir)` gives the target a new head."""
+    is an ordinary source: `transfer(..., source=run_dir)` gives the target a new head. `devices` /
+    `num_nodes`: data-parallel pretraining (DDP; negatives gathered from every device), as in `transfer`."""
     check_options(seed=seed, image_size=image_size, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
                   accelerator=accelerator, temperature=temperature, queue_size=queue_size, momentum=momentum,
-                  limit=limit)
+                  limit=limit, devices=devices, num_nodes=num_nodes)
     return pipeline.pretrain(PretrainRequest(
         data, method, backbone=backbone, seed=seed, image_size=image_size,
-        loading=DataOptions(data_root, target, group), training=TrainOptions(epochs, lr, batch_size, patience),
+        loading=DataOptions(data_root, target, group),
+        training=TrainOptions(epochs, lr, batch_size, patience, devices=devices, num_nodes=num_nodes),
         ssl=SSLOptions(temperature, queue_size, momentum, views, monitor is not False, limit),
         output=Output(out, overwrite, save), accelerator=accelerator, progress=as_progress(progress)))
 
@@ -449,16 +461,20 @@ def write_rank_report(result, folder: Path) -> Path:
 
 
 def experiment(config: str | Path, out: str | Path | None = None, jobs: int = 1, data_root: str | None = None,
-               progress: bool = True, report: bool = True, console=None, overwrite: bool = False) -> Path:
+               progress: bool = True, report: bool = True, console=None, overwrite: bool = False,
+               backend: str = "local", address: str | None = None, gpus_per_cell: float = 0) -> Path:
     """Run (or resume) an experiment grid from its YAML; write results.csv, the MLflow store and
     (unless report=False) report.html / report.md. Returns the experiment folder.
+
+    `backend`: "local" (`jobs` processes on this machine) or "ray" (Ray tasks: on the cluster at `address`,
+    else on a local Ray with `jobs` CPUs; `gpus_per_cell` GPUs reserved for each cell; docs/distributed.md).
 
     A folder that holds another experiment is refused unless `overwrite` (which replaces it). Cells that
     cannot run are recorded as failed and the others go on; once everything is written, failed cells raise
     `medtransfer.experiment.CellsFailed` (a MedTransferError with `.out` and `.failed`)."""
     from .experiment import run_experiment
 
-    check_options(jobs=jobs)
+    check_options(jobs=jobs, gpus_per_cell=gpus_per_cell)  # the backend is checked first thing in there
 
     def write(folder: Path) -> None:  # written while the experiment folder is still locked
         html, _ = write_report(folder)
@@ -466,7 +482,8 @@ def experiment(config: str | Path, out: str | Path | None = None, jobs: int = 1,
             console.print(f"report: {html}")
 
     return run_experiment(Path(config), out=Path(out) if out else None, jobs=jobs, data_root=data_root,
-                          progress=progress, console=console, overwrite=overwrite, after=write if report else None)
+                          progress=progress, console=console, overwrite=overwrite, after=write if report else None,
+                          backend=backend, address=address, gpus_per_cell=gpus_per_cell)
 
 
 run_experiment = experiment  # the name grids were run by before the API had `experiment`
@@ -482,5 +499,24 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
     return write(folder)
 
 
+def federated(config: str | Path, out: str | Path | None = None, *, engine: str | None = None,
+              overwrite: bool = False, progress=True, report: bool = True):
+    """Federated transfer with Flower from a YAML (see examples/heart-federated.yaml and docs/federated.md):
+    the sites train one model with FedAvg / FedProx / FedAdam (only weights and aggregate statistics leave a
+    site's client), each site then fine-tunes it on its own data; local-only, pooled and source references are
+    trained beside. `engine`: "simulation" (Flower's simulation engine on Ray) or "grpc" (one client process per
+    site over gRPC on 127.0.0.1); default: the config's. Writes results.csv, predictions.csv, federation.json,
+    the federated models and (unless report=False) report.html / report.md into `out` (default
+    federated/<name>). Returns a `medtransfer.federation.FederatedResult`."""
+    from .federation import load_federated_config, run_federated
+
+    settings, text = load_federated_config(Path(config))
+    result = run_federated(settings, text, out, engine=engine, overwrite=overwrite, progress=as_progress(progress))
+    if report:
+        from .reporting.federated import write_federated_report
+        write_federated_report(result.out)
+    return result
+
+
 __all__ = ["pretrain", "pretrain_self_supervised", "transfer", "evaluate", "predict", "explain", "export", "shift",
-           "rank", "experiment", "write_report", "RunResult", "read_meta"]
+           "rank", "experiment", "write_report", "federated", "RunResult", "read_meta"]

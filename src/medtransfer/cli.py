@@ -81,6 +81,10 @@ TEXT = typer.Option(None, "--text", help="the column holding the texts (text-csv
 ID = typer.Option(None, "--id", help="identifier column of a csv: table (kept in predictions, never a feature)")
 DROP = typer.Option(None, "--drop", help="a column of a csv: table to leave out (repeatable)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
+DEVICES = typer.Option(None, "--devices", help="train data-parallel (DDP) on N devices: N GPUs with --device cuda, N "
+                       "processes on CPU; --batch-size stays the global batch (docs/multi-device.md)")
+NUM_NODES = typer.Option(None, "--num-nodes", help="machines taking part (set MASTER_ADDR, MASTER_PORT and NODE_RANK "
+                         "on each, and run the same command on every one)")
 
 
 def show_version(value: bool) -> None:
@@ -158,7 +162,8 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="simclr/moco: pretrain on this many "
                                                  "images drawn (seeded) from the pooled training images"),
              data_root: Optional[Path] = DATA_ROOT, target: Optional[str] = TARGET, group: Optional[str] = GROUP,
-             text: Optional[str] = TEXT, overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
+             text: Optional[str] = TEXT, overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET,
+             devices: Optional[int] = DEVICES, num_nodes: Optional[int] = NUM_NODES):
     """Pretrain a source model: supervised on a labelled source dataset, or self-supervised (SimCLR, MoCo v2)
     on the images of one or more datasets, labels ignored. Every transfer strategy takes the run folder as
     --source (a self-supervised source always gets a new head for the target).
@@ -184,11 +189,17 @@ def pretrain(data: List[str] = typer.Option(..., "--data", "-d", help="dataset(s
     result = api.pretrain(data, method=method, backbone=backbone, out=out, seed=seed, epochs=epochs, lr=lr,
                           batch_size=batch_size, image_size=image_size, patience=patience, data_root=data_root,
                           target=target, group=group, overwrite=overwrite, accelerator=device, progress=not quiet,
-                          **ssl, **({"text": text} if text else {}))
-    if method == "supervised":
+                          devices=devices, num_nodes=num_nodes, **ssl, **({"text": text} if text else {}))
+    if result is None:
+        show_other_node()
+    elif method == "supervised":
         show_result(result)
     else:
         show_pretrain_result(result)
+
+
+def input_noun(config: dict) -> str:
+    return "signals" if config["input"]["modality"] == "signal" else "images"
 
 
 def show_pretrain_result(result) -> None:
@@ -198,7 +209,7 @@ def show_pretrain_result(result) -> None:
     rows += [["epoch kept", f"{fit['best_epoch']} of {fit['epochs_run']}" + ("" if monitor else " (last: no monitor)")],
              ["seconds (training and monitor)", f"{fit['seconds']:.1f}"]]
     show(Table(["", "value"], rows, title=f"{config['method']} pretraining on {', '.join(config['data'])} "
-                                          f"({config['n_images']} images, {config['backbone']})"))
+                                          f"({config['n_images']} {input_noun(config)}, {config['backbone']})"))
     if result.out:
         console.print(f"run written to {result.out}; use it with: medtransfer transfer --source {result.out} …")
 
@@ -230,7 +241,8 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              dp: Optional[str] = typer.Option(None, "--dp", help="train with differential privacy (DP-SGD, Opacus): "
                                               "epsilon=E[,delta=D][,clip=C], e.g. epsilon=1 (delta default "
                                               "min(1e-5, 1/(10 n)), clip 1.0); full, head, partial, scratch"),
-             overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET):
+             overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET,
+             devices: Optional[int] = DEVICES, num_nodes: Optional[int] = NUM_NODES):
     """Move a source model to a target dataset with a strategy; evaluate on the target's test split.
 
     Example: medtransfer transfer --data heart:hungary --source heart:cleveland --strategy full --budget 20
@@ -250,8 +262,17 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                           source_epochs=source_epochs, accelerator=device, progress=not quiet, positive=positive,
                           threshold=threshold, calibrate=calibrate, class_weight=class_weight, sampler=sampler,
                           id=id_column, drop=tuple(drop or ()), layer_decay=layer_decay, precision=precision,
-                          channels_last=channels_last, compile=compile_steps, text=text, dp=dp)
-    show_result(result)
+                          channels_last=channels_last, compile=compile_steps, text=text, dp=dp, devices=devices,
+                          num_nodes=num_nodes)
+    if result is None:
+        show_other_node()
+    else:
+        show_result(result)
+
+
+def show_other_node() -> None:
+    """A node other than node 0 of a multi-node run: its processes trained; node 0 wrote the run."""
+    console.print("this node's processes are done; node 0 (rank 0) wrote the run and shows its results")
 
 
 @app.command("shift")
@@ -499,19 +520,28 @@ def demo(data_root: Optional[Path] = DATA_ROOT,
 def experiment(config: Path = typer.Argument(..., help="experiment YAML (see examples/heart-sites.yaml)"),
                out: Optional[Path] = typer.Option(None, "--out", "-o", help="experiment folder "
                                                   "(default: experiments/<name>); re-run to resume"),
-               jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="cells run in parallel processes"),
+               jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="cells run in parallel processes "
+                                        "(--backend ray without --address: the CPUs of the local Ray)"),
                data_root: Optional[Path] = DATA_ROOT, quiet: bool = QUIET,
-               overwrite: bool = typer.Option(False, "--overwrite", help="replace another experiment found in --out")):
+               overwrite: bool = typer.Option(False, "--overwrite", help="replace another experiment found in --out"),
+               backend: str = typer.Option("local", "--backend", help="where cells run: local (processes here) or "
+                                           "ray (Ray tasks, here or on a cluster: docs/distributed.md)"),
+               address: Optional[str] = typer.Option(None, "--address", help="the Ray cluster's head (host:port or "
+                                                     "auto; default: a local Ray, stopped afterwards)"),
+               gpus_per_cell: float = typer.Option(0.0, "--gpus-per-cell", help="GPUs Ray reserves for each cell "
+                                                   "(0.5: two cells share one)")):
     """Run a grid of targets x sources x strategies x label budgets x seeds; resumable. Writes results.csv,
     an MLflow store (mlflow.db) and report.html / report.md. Cells that cannot run are listed as failed
     (exit 2 once everything is written); a re-run retries them.
 
     Example: medtransfer experiment examples/heart-sites.yaml --jobs 2
+    On a Ray cluster (docs/distributed.md): medtransfer experiment grid.yaml --backend ray --address HEAD:6379
     """
     from . import api
 
     api.experiment(config, out=out, jobs=jobs, data_root=str(data_root) if data_root else None,
-                   progress=not quiet, console=console, overwrite=overwrite)
+                   progress=not quiet, console=console, overwrite=overwrite, backend=backend, address=address,
+                   gpus_per_cell=gpus_per_cell)
 
 
 @app.command()
@@ -524,6 +554,31 @@ def report(folder: Path = typer.Argument(..., help="an experiment folder")):
 
     html, md = api.write_report(folder)
     console.print(f"report: {html} and {md}")
+
+
+@app.command()
+def federated(config: Path = typer.Argument(..., help="federated YAML (see examples/heart-federated.yaml)"),
+              out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                                 help="results folder (default: federated/<name>)"),
+              engine: Optional[str] = typer.Option(None, "--engine", help="simulation (Flower's simulation engine, "
+                                                   "on Ray) or grpc (one client process per site over gRPC on "
+                                                   "127.0.0.1); default: the config's engine"),
+              overwrite: bool = OVERWRITE, quiet: bool = QUIET):
+    """Federated transfer with Flower: the sites train one model together (FedAvg, FedProx, FedAdam; only weights
+    and aggregate statistics leave a site), each then fine-tunes it on its own data; compared per site with
+    local-only, pooled and source models. Writes results.csv, predictions.csv, the federated models and
+    report.html / report.md (docs/federated.md).
+
+    Example: medtransfer federated examples/heart-federated.yaml --out federated/heart
+    """
+    from . import api
+
+    result = api.federated(config, out=out, engine=engine, overwrite=overwrite, progress=not quiet)
+    means = result.results.groupby("method", sort=False)[["acc_at_0.5", "acc", "auc"]].mean()
+    show(Table(["method", "accuracy at 0.5", "accuracy at operating point", "AUC"],
+               [[m, f"{r['acc_at_0.5']:.3f}", f"{r['acc']:.3f}", f"{r['auc']:.3f}"] for m, r in means.iterrows()],
+               title="test, mean over sites and seeds"))
+    console.print(f"results: {result.out / 'results.csv'}; report: {result.out / 'report.html'}")
 
 
 def show(*blocks) -> None:

@@ -13,11 +13,15 @@ after the report), and a folder holding another experiment is refused (`folder.c
 checked before any training (`pipeline.preflight`); a cell refused there, or failing while it runs,
 is recorded as failed (`cells/<id>.failed.json`, a row with its `error` in results.csv) and the grid
 goes on; a re-run retries it.
+
+The cells after each source's first run in parallel on a backend (`EXECUTORS`): local processes
+(`--jobs N`) or Ray tasks (`--backend ray`, `ray_cells.py`); both report each cell to the same `on_done`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import traceback
@@ -33,6 +37,7 @@ from ..progress import SILENT, Progress, RichProgress, rich_bar
 from .config import DP_NONE, NO_SOURCE, ExperimentConfig, load_config
 from .folder import claim, folder_lock
 from .grid import Cell, grid, settings_of
+from .ray_cells import check as check_ray, run_ray
 from .store import Results, Tracker, done, error_line, failure_file, record_failure, write_environment
 
 
@@ -59,8 +64,8 @@ def run_cell(cell: Cell, out: Path, config: ExperimentConfig, data_root: str | N
     transfer(cell_request(cell, out, config, data_root, progress))
 
 
-def _worker(args) -> str:
-    cell, out, config, data_root, threads = args
+def _worker(cell: Cell, out: Path, threads: int, *, config: ExperimentConfig, data_root: str | None) -> str:
+    """One cell in a worker process (local or Ray), with `threads` torch threads."""
     import torch
     torch.set_num_threads(threads)
     run_cell(cell, out, config, data_root)
@@ -81,20 +86,24 @@ class CellsFailed(MedTransferError):
 
 def run_experiment(config_path: Path, out: Path | None = None, jobs: int = 1, data_root: str | None = None,
                    progress: bool = True, console=None, overwrite: bool = False,
-                   after: Callable[[Path], object] | None = None) -> Path:
+                   after: Callable[[Path], object] | None = None, backend: str = "local",
+                   address: str | None = None, gpus_per_cell: float = 0) -> Path:
     """Run (or resume) every cell; write results.csv and the MLflow store; then call `after(folder)`
     (e.g. the report) while the folder is still locked. Returns the folder. A folder that holds another
     experiment is refused unless `overwrite`; cells that cannot or did not run are recorded as failed and
-    the grid goes on, and CellsFailed is raised once everything is written."""
+    the grid goes on, and CellsFailed is raised once everything is written. `backend`: where cells run in
+    parallel (`EXECUTORS`); `address`, `gpus_per_cell`: the Ray cluster and each cell's GPUs (ray only)."""
     from rich.console import Console
 
+    check_backend(backend, address, gpus_per_cell)
     console = console or Console()
     config, text = load_config(config_path)
     out = Path(out) if out else Path("experiments") / config.name
     with folder_lock(out):
         replace = claim(out, config, overwrite)
         cells, failed = run_locked(config, text, out, jobs, data_root or config.data_root, progress, console,
-                                   replace)
+                                   replace, backend, {"address": address, "gpus_per_cell": gpus_per_cell}
+                                   if backend == "ray" else {})
         if after is not None:
             after(out)
     if failed:
@@ -103,9 +112,11 @@ def run_experiment(config_path: Path, out: Path | None = None, jobs: int = 1, da
 
 
 def run_locked(config: ExperimentConfig, text: str, out: Path, jobs: int, data_root: str | None,
-               progress: bool, console, replace: bool = False) -> tuple[list, dict[str, str]]:
+               progress: bool, console, replace: bool = False, backend: str = "local",
+               options: dict | None = None) -> tuple[list, dict[str, str]]:
     """The run itself, with the folder's lock held: cells checked, run, recorded. Returns the cells and
-    the failed ones (cell id -> error). `replace`: another experiment was removed from the folder."""
+    the failed ones (cell id -> error). `replace`: another experiment was removed from the folder;
+    `backend`, `options`: the executor of the cells run in parallel and its options."""
     def say(line: str) -> None:  # one line, whatever the terminal width; error text is never read as markup
         console.print(line, soft_wrap=True, markup=False)
 
@@ -148,11 +159,13 @@ def run_locked(config: ExperimentConfig, text: str, out: Path, jobs: int, data_r
 
             # The first cell of each source pretrains and caches it; run those alone before any parallelism.
             first, rest = split_first_per_source(todo)
-            for cell, folder in first + (rest if jobs <= 1 else []):
+            here = backend == "local" and jobs <= 1  # every cell in this process
+            for cell, folder in first + (rest if here else []):
                 bar.update(f"cells  {folder.name}")
                 finish(cell, folder, attempt(lambda: run_cell(cell, folder, config, data_root, shown)))
-            if jobs > 1 and rest:
-                run_parallel(rest, config, data_root, jobs, finish)
+            if rest and not here:
+                work = functools.partial(_worker, config=config, data_root=data_root)
+                EXECUTORS[backend](rest, work, jobs, finish, **(options or {}))
     finally:
         frame = results.write()
     tracker.sync(cells)
@@ -196,16 +209,16 @@ def split_first_per_source(todo: list) -> tuple[list, list]:
     return first, rest
 
 
-def run_parallel(todo: list, config: ExperimentConfig, data_root, jobs: int, on_done) -> None:
-    """Cells in worker processes; each one's result or error goes to `on_done(cell, folder, error)`."""
+def run_parallel(todo: list, work: Callable, jobs: int, on_done) -> None:
+    """Cells in `jobs` local worker processes, `work(cell, folder, threads)` each; each one's result or
+    error goes to `on_done(cell, folder, error)`."""
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         with sigint_ignored():  # the workers start (on submit) with Ctrl-C ignored; this process stops them
-            futures = {pool.submit(_worker, (cell, folder, config, data_root, threads)): (cell, folder)
-                       for cell, folder in todo}
+            futures = {pool.submit(work, cell, folder, threads): (cell, folder) for cell, folder in todo}
         try:
             for future in as_completed(futures):
                 on_done(*futures[future], future.exception())
@@ -215,6 +228,21 @@ def run_parallel(todo: list, config: ExperimentConfig, data_root, jobs: int, on_
             for process in workers:
                 process.terminate()
             raise
+
+
+# Where the cells after each source's first run: executor(todo, work, jobs, on_done, **options), both
+# calling on_done(cell, folder, error) in this process as each cell ends.
+EXECUTORS = {"local": run_parallel, "ray": run_ray}
+
+
+def check_backend(backend: str, address: str | None, gpus_per_cell: float) -> None:
+    """Before any work: a known backend, its options only where they apply, Ray installed and reachable."""
+    if backend not in EXECUTORS:
+        raise MedTransferError(f"backend must be one of {', '.join(EXECUTORS)}, got {backend!r} (option --backend)")
+    if backend != "ray" and (address or gpus_per_cell):
+        raise MedTransferError(f"{'--address' if address else '--gpus-per-cell'} needs --backend ray")
+    if backend == "ray":
+        check_ray(address)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ import pandas as pd
 from ..errors import MedTransferError
 from ..progress import SILENT
 from ..ssl import METHODS, pretrain_ssl, split_specs
+from ..training import distributed
+from .parallel import check_data_parallel_method, launching, run_parallel
 from .request import PretrainRequest, TransferRequest
 from .run_folder import RunResult, output_dir, versions, write_pretrain_run
 from .transfer import transfer
@@ -28,8 +30,16 @@ def pretrain(request: PretrainRequest) -> RunResult:
     if request.method not in methods():
         raise MedTransferError(f"unknown pretraining method {request.method!r}; choose one of: {', '.join(methods())}")
     if request.method == SUPERVISED:
-        return supervised(request)
+        return supervised(request)  # --devices: the transfer pipeline launches the processes
+    check_data_parallel_method(METHODS.lookup(request.method), request.training)
+    if launching(request.training):
+        return run_parallel(pretrain, request, ssl_output(request))
     return self_supervised(request)
+
+
+def ssl_output(request: PretrainRequest) -> Path | None:
+    """A self-supervised run's folder (checked writable), or None when nothing is saved."""
+    return output_dir(request.output, "+".join(split_specs(request.data)), request.method, f"s{request.seed}")
 
 
 def supervised(request: PretrainRequest) -> RunResult:
@@ -50,7 +60,7 @@ def self_supervised(request: PretrainRequest) -> RunResult:
     specs, method, ssl = split_specs(request.data), request.method, request.ssl
     if request.loading.target or request.loading.group:
         raise MedTransferError(f"--method {method} takes image datasets; --target/--group are for csv: tables")
-    out = output_dir(request.output, "+".join(specs), method, f"s{request.seed}")
+    out = ssl_output(request)
     started = time.perf_counter()
     config = request.training.config("ssl", request.seed, request.accelerator,
                                      progress=request.progress is not SILENT)
@@ -72,6 +82,7 @@ def self_supervised(request: PretrainRequest) -> RunResult:
         "n_images": result.n_images, "limit": ssl.limit, "train": asdict(config),
         "method_settings": result.method.settings(), "views": asdict(result.method.views), "monitor": result.monitor,
         "data_root": str(data_root) if data_root else None, "versions": versions(),
+        **({"data_parallel": parallel} if (parallel := distributed.record(config.devices, config.num_nodes)) else {}),
     }
     run = RunResult(model, metrics, pd.DataFrame(), resolved, None, None)
     if out is not None:

@@ -15,7 +15,8 @@ from ..evaluation.calibration import CALIBRATIONS
 from ..evaluation.threshold import check_rule_syntax
 from ..models.backbones import pick_size
 from ..progress import SILENT, Progress
-from ..training.loop import ACCELERATORS, IMBALANCE, PRECISIONS, TrainConfig
+from ..training.distributed import check_devices
+from ..training.loop import ACCELERATORS, IMBALANCE, PRECISIONS, TrainConfig, resolve_accelerator
 from ..training.privacy import DPConfig, parse_dp
 
 
@@ -100,6 +101,8 @@ class TrainOptions:
     precision: str | None = None  # auto | bf16 | fp32
     channels_last: bool | None = None
     compile: bool | None = None
+    devices: int | None = None  # data-parallel processes per node (DDP); batch_size stays the global batch
+    num_nodes: int | None = None
 
     def __post_init__(self):
         # Checked once, here, for every door (API, CLI, grids): epochs 0 would return the untrained model
@@ -119,6 +122,19 @@ class TrainOptions:
         for name in ("channels_last", "compile"):
             if getattr(self, name) not in (None, True, False):
                 raise MedTransferError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        check_int("devices", self.devices, 1, "--devices")
+        check_int("num_nodes", self.num_nodes, 1, "--num-nodes")
+        if self.world > 1 and self.compile:
+            raise MedTransferError(f"--compile runs on one device (its eager fall-back is per process), and this run "
+                                   f"asks for {self.world} processes; drop --compile or --devices / --num-nodes")
+        if self.world > 1 and self.batch_size is not None and self.batch_size // self.world < 2:
+            raise MedTransferError(f"--batch-size {self.batch_size} is the global batch: over {self.world} devices it "
+                                   "leaves fewer than 2 examples per device; raise it or use fewer --devices")
+
+    @property
+    def world(self) -> int:
+        """Processes of a data-parallel run: devices x nodes (1: one process, no DDP)."""
+        return (self.devices or 1) * (self.num_nodes or 1)
 
     def config(self, row: str, seed: int, accelerator: str = "auto", progress: bool = True) -> TrainConfig:
         """The loop's settings: the defaults of `row` (a modality, or "ssl") with these overrides."""
@@ -150,6 +166,7 @@ class RunSettings:
     def check_settings(self) -> None:
         check_int("n_boot", self.n_boot, 0, "--n-boot", optional=False)
         check_accelerator(self.accelerator)
+        check_devices(self.training.devices or 1, self.training.num_nodes or 1, resolve_accelerator(self.accelerator))
 
 
 def check_image_size(value) -> None:

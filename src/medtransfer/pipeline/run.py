@@ -22,6 +22,7 @@ from ..models.sources import Source, check_compatible, check_tokenizer, fit_sour
 from ..progress import SILENT
 from ..runs import predictions_frame
 from ..strategies import Strategy, TransferContext, get_strategy
+from ..training import distributed
 from ..training.loop import FitResult
 from .operating import Decision, class_names, counts, decide, decided, scoring_options, test_warnings
 from .request import TransferRequest
@@ -77,6 +78,7 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
         "calibrate": request.calibrate, "id_column": loading.id, "drop": list(loading.drop),
         "text_column": target.info.get("text_column"),
         **({"dp": asdict(request.dp)} if request.dp is not None else {}),
+        **({"data_parallel": parallel} if (parallel := distributed.record(config.devices, config.num_nodes)) else {}),
         "strategy_notes": ctx.notes, "versions": versions(),
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

@@ -68,6 +68,8 @@ def write_run(result: RunResult, out: Path, dataset: TaskDataset, history: list[
         extra["text_column"] = result.config["text_column"]
     if result.config.get("strategy_notes"):  # what the strategy did to the weights (e.g. LoRA merged)
         provenance["strategy_notes"] = result.config["strategy_notes"]
+    if result.config.get("data_parallel"):  # trained by N processes (DDP)
+        provenance["data_parallel"] = result.config["data_parallel"]
     save_checkpoint(stage, result.model, dataset.task, dataset.classes, encoder, provenance, weights,
                     data_shape=data_shape, extra=extra)
     write_json(stage / "config.json", result.config)

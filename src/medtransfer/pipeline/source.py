@@ -16,11 +16,13 @@ from typing import Callable
 from .. import __version__
 from ..data import TaskDataset, dataset_fingerprint, is_dataset_spec
 from ..data.tabular import TabularEncoder
+from ..errors import MedTransferError
 from ..models.backbones import describe, spec_for
 from ..models.checkpoint import load_checkpoint, read_meta
 from ..models.sources import Source, check_compatible, load_source_model, run_folder
 from ..runs import check_writable
 from ..strategies import Strategy
+from ..training.distributed import agree, is_main, rank, scratch_dir
 from ..training.loop import resolve_accelerator
 from .multi_source import MultiSource, cache_settings, check_multi_strategy, is_multi_source, load_multi_source, \
     write_multi_source
@@ -99,7 +101,7 @@ def source_cache_key(request: TransferRequest, source_data: TaskDataset) -> str:
     modality, features = source_data.modality, source_data.info.get("features")
     architecture = describe(request.backbone, modality, source_data.in_channels, len(features or []))
     spec = spec_for(source_data, request.image_size)
-    train = asdict(TrainOptions(epochs=request.source_epochs).config(modality, 0, request.accelerator))
+    train = asdict(source_training(request).config(modality, 0, request.accelerator))
     train.pop("progress")
     train["accelerator"] = resolve_accelerator(request.accelerator)
     loading = source_loading(request)
@@ -108,6 +110,13 @@ def source_cache_key(request: TransferRequest, source_data: TaskDataset) -> str:
            "target": loading.target, "group": loading.group, "task": source_data.task,
            "classes": source_data.classes}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def source_training(request: TransferRequest) -> TrainOptions:
+    """How a source dataset is pretrained: its modality's defaults, --source-epochs, and the run's devices
+    (a data-parallel transfer pretrains its source data-parallel too; the devices are part of the key)."""
+    return TrainOptions(epochs=request.source_epochs, devices=request.training.devices,
+                        num_nodes=request.training.num_nodes)
 
 
 def source_loading(request: TransferRequest) -> DataOptions:
@@ -130,7 +139,7 @@ def pretrained_source(request: TransferRequest, source_data: TaskDataset) -> Pat
     def pretrain(folder: Path) -> None:
         single = TransferRequest(request.source, "scratch", backbone=request.backbone,
                                  image_size=request.image_size, loading=source_loading(request),
-                                 training=TrainOptions(epochs=request.source_epochs),
+                                 training=source_training(request),
                                  output=Output(folder, overwrite=True), accelerator=request.accelerator,
                                  progress=request.progress)
         run_transfer(single, source_data, out=folder)
@@ -148,7 +157,10 @@ def cached_pretraining(key: str, pretrain: Callable[[Path], None]) -> Path:
     """The cache folder of `key`, written by `pretrain(folder)` when it holds no model yet. The folder is
     checked writable before the pretraining starts."""
     folder = cache_dir() / "sources" / key
+    if not is_main():  # a data-parallel rank > 0: trains beside rank 0 when it pretrains, writes nothing lasting
+        return follow_pretraining(folder, key, pretrain)
     if (folder / "model.json").is_file():
+        agree(False)  # (data parallel) the other ranks: nothing to train
         return folder
     check_writable(folder, overwrite=True)
     from filelock import FileLock  # a dependency of torch; an OS lock, released when a killed process ends
@@ -157,6 +169,22 @@ def cached_pretraining(key: str, pretrain: Callable[[Path], None]) -> Path:
     # and reuses it, instead of both staging into the same folder.
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if not (folder / "model.json").is_file():
+        todo = agree(not (folder / "model.json").is_file())  # decided under the lock, told to the other ranks
+        if todo:
             pretrain(folder)
+    return folder
+
+
+def follow_pretraining(folder: Path, key: str, pretrain: Callable[[Path], None]) -> Path:
+    """`cached_pretraining` on a data-parallel rank other than 0: rank 0 says whether it pretrains; if so,
+    this rank trains with it (every rank must run the same steps) into its scratch folder, removed when
+    the launch ends, and reads the result from there (the same weights: the loop ends every rank on rank
+    0's); if not, it reads rank 0's cache folder, which must be visible here."""
+    if agree(None):
+        scratch = scratch_dir() / "sources" / key
+        pretrain(scratch)
+        return scratch
+    if not (folder / "model.json").is_file():
+        raise MedTransferError(f"the cached source model {folder} is not visible to data-parallel rank {rank()}; "
+                               "on several nodes set MEDTRANSFER_CACHE to a folder every node shares")
     return folder

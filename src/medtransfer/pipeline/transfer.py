@@ -10,6 +10,7 @@ from ..data import TaskDataset, parse_budget, require_classes
 from ..errors import MedTransferError
 from ..strategies import STRATEGIES, Strategy, get_strategy
 from ..training.privacy import check_private_training
+from .parallel import check_data_parallel, launching, run_parallel
 from .request import TransferRequest
 from .run import check_target, run_transfer
 from .run_folder import RunResult, output_dir
@@ -17,13 +18,17 @@ from .source import load_source_data, resolve_source, source_encoder
 
 
 def transfer(request: TransferRequest) -> RunResult:
-    """Move a source model (or none) to the target with a strategy; evaluate; write the run folder."""
+    """Move a source model (or none) to the target with a strategy; evaluate; write the run folder.
+    With --devices N (x --num-nodes M) > 1 the whole line runs in N x M processes (`parallel.py`)."""
     started = time.perf_counter()
     strategy = get_strategy(request.strategy)
     check_budget(strategy, request.budget)
     check_dp(strategy, request)
+    check_data_parallel(strategy, request)
     out = output_dir(request.output, request.data, request.strategy,
                      "all" if request.budget is None else request.budget, f"s{request.seed}")
+    if launching(request.training):
+        return run_parallel(transfer, request, out)
     source_data = load_source_data(request)
     if source_data is not None:
         require_classes(source_data, request.source)

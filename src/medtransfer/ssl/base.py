@@ -13,7 +13,7 @@ from torch import nn
 
 from ..models.backbones import Classifier
 from ..registry import Registry
-from ..training.augment import ViewConfig, two_views
+from ..training.augment import SignalViewConfig, ViewConfig, two_views
 
 METHODS = Registry("self-supervised method")  # name -> ContrastiveMethod class
 
@@ -26,11 +26,16 @@ def register(cls):
 class ContrastiveMethod(nn.Module):
     name = ""
     default_temperature = 0.5
+    # Its loss sees the whole global batch under DDP (`--devices N`): negatives gathered from every rank,
+    # so N shares of a batch train as the batch would on one device. False: pretraining refuses --devices.
+    data_parallel = False
 
-    def __init__(self, encoder: Classifier, views: ViewConfig | None = None, projection_dim: int = 128):
+    def __init__(self, encoder: Classifier, views: ViewConfig | SignalViewConfig | None = None,
+                 projection_dim: int = 128):
         super().__init__()
         self.encoder = encoder
-        self.views = views or ViewConfig(size=encoder.spec.size)
+        self.views = views or (SignalViewConfig() if encoder.spec.modality == "signal" else
+                               ViewConfig(size=encoder.spec.size))
         self.projection_dim = projection_dim
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ class MoCo(ContrastiveMethod):
     default_temperature = 0.2
     default_queue_size = 4096
     default_momentum = 0.99
+    data_parallel = True  # every rank enqueues the gathered global batch of keys: one queue, as on one device
 
     def __init__(self, encoder: Classifier, views: ViewConfig | None = None, temperature: float | None = None,
                  queue_size: int | None = None, momentum: float | None = None, projection_dim: int = 128):
@@ -39,7 +40,9 @@ class MoCo(ContrastiveMethod):
         deactivate_requires_grad(self.key_backbone)
         deactivate_requires_grad(self.key_head)
         # the queue: lightly's memory bank, (queue_size, dim) of normalised keys, FIFO via a pointer
-        self.criterion = NTXentLoss(temperature=self.temperature, memory_bank_size=(self.queue_size, projection_dim))
+        # gather_distributed: under DDP the keys of every rank are enqueued (one process: no effect)
+        self.criterion = NTXentLoss(temperature=self.temperature, memory_bank_size=(self.queue_size, projection_dim),
+                                    gather_distributed=True)
 
     @property
     def queue(self) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Self-supervised pretraining: load one or more image datasets (labels ignored), pool their images,
-build the encoder and the method, and run the one training loop with the method's batch loss,
+"""Self-supervised pretraining: load one or more image (or signal) datasets (labels ignored), pool their
+inputs, build the encoder and the method, and run the one training loop with the method's batch loss,
 momentum hook and k-NN monitor."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..defaults import TRAINING
 from ..errors import MedTransferError
 from ..models.backbones import Classifier, create_model, default_spec, describe
 from ..progress import Progress
-from ..training.augment import ViewConfig
+from ..training.augment import SignalViewConfig, ViewConfig
 from ..training.loop import FitResult, TrainConfig, fit
 from .base import METHODS, ContrastiveMethod
 from .monitor import KNNMonitor
@@ -72,6 +72,31 @@ def combine_images(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([conform(p, channels, size) for p in parts])
 
 
+def check_modalities(specs: list[str], datasets: list[TaskDataset], method: str) -> str:
+    """The one modality pooled: 2D images, or signals."""
+    modalities = {d.modality for d in datasets}
+    for spec, dataset in zip(specs, datasets):
+        if dataset.modality not in ("image2d", "signal"):
+            kind = {"tabular": "a table", "text": "texts"}.get(dataset.modality, "3D volumes")
+            raise MedTransferError(f"--method {method} takes 2D images or signals, but {spec} is {kind}; "
+                                   "use --method supervised for it")
+    if len(modalities) > 1:
+        raise MedTransferError(f"--method {method} pools one kind of input, but {', '.join(specs)} mixes images "
+                               "and signals; pretrain on each kind separately")
+    return modalities.pop()
+
+
+def combine_signals(specs: list[str], parts: list[torch.Tensor]) -> torch.Tensor:
+    """Signals of several datasets pooled: same channels and length, or refused (nothing is resampled
+    silently: a ucr: dataset takes @LENGTH)."""
+    shapes = {tuple(p.shape[1:]) for p in parts}
+    if len(shapes) > 1:
+        listed = ", ".join(f"{s} {tuple(p.shape[1:])}" for s, p in zip(specs, parts))
+        raise MedTransferError(f"signals to pool must have one (channels, length); got {listed}: resample them "
+                               "to one length (e.g. ucr:ECG200@140)")
+    return torch.cat(parts)
+
+
 def make_monitor(dataset: TaskDataset, seed: int) -> KNNMonitor | None:
     """k-NN AUC on the first dataset's labelled val split (bank: its labelled train images)."""
     if dataset.info.get("unlabelled") or dataset.task == "multilabel" or dataset.num_classes < 2 \
@@ -114,18 +139,15 @@ def pretrain_ssl(data, method: str = "simclr", *, backbone: str | None = None, s
                  temperature: float | None = None, queue_size: int | None = None, momentum: float | None = None,
                  views: ViewConfig | dict | list[str] | None = None, monitor: bool = True,
                  limit: int | None = None, progress: Progress | None = None) -> SSLResult:
-    """Pretrain a 2D encoder on the images of `data` (labels ignored). `limit` keeps that many images
-    (seeded), for smoke tests and benchmarks."""
+    """Pretrain a 2D-image or signal encoder on the inputs of `data` (labels ignored). `limit` keeps that many
+    inputs (seeded), for smoke tests and benchmarks."""
     specs = split_specs(data)
     check_options(method, temperature, queue_size, momentum)  # before any data is read
-    view_config = ViewConfig.parse(views)
     datasets = [load_dataset(spec, data_root=data_root) for spec in specs]
-    for spec, dataset in zip(specs, datasets):
-        if dataset.modality != "image2d":
-            kind = {"tabular": "a table", "signal": "signals"}.get(dataset.modality, "3D volumes")
-            raise MedTransferError(f"--method {method} takes 2D images, but {spec} is {kind}; "
-                                   "use --method supervised for it")
-    images = combine_images([unlabelled_images(d) for d in datasets])
+    modality = check_modalities(specs, datasets, method)
+    view_config = (SignalViewConfig if modality == "signal" else ViewConfig).parse(views)
+    inputs = [unlabelled_images(d) for d in datasets]
+    images = combine_signals(specs, inputs) if modality == "signal" else combine_images(inputs)
     if limit:
         images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit]]
     if len(images) < 2:
@@ -134,9 +156,15 @@ def pretrain_ssl(data, method: str = "simclr", *, backbone: str | None = None, s
     config = config or TrainConfig(seed=seed, **SSL_DEFAULTS)
     channels = images.shape[1]
     torch.manual_seed(seed)
-    spec = default_spec("image2d", channels, image_size=image_size)
-    encoder = create_model(describe(backbone, "image2d", channels), spec, num_outputs=1)
-    if view_config.size is None:  # views are made at the backbone's input size (no second resize)
+    if modality == "signal":  # standardised with the pooled training signals' statistics, kept in the spec
+        if image_size is not None:
+            raise MedTransferError("--image-size applies to images; signals keep their length (resample a "
+                                   "ucr: dataset with @LENGTH)")
+        spec = default_spec("signal", channels, train_x=images, rate=datasets[0].info.get("rate"))
+    else:
+        spec = default_spec("image2d", channels, image_size=image_size)
+    encoder = create_model(describe(backbone, modality, channels), spec, num_outputs=1)
+    if modality == "image2d" and view_config.size is None:  # views at the backbone's input size (no second resize)
         view_config = replace(view_config, size=spec.size)
     if method == "moco" and queue_size is None:  # at most half the images: few stale keys of the query itself
         batch = min(config.batch_size, len(images))
@@ -145,10 +173,10 @@ def pretrain_ssl(data, method: str = "simclr", *, backbone: str | None = None, s
 
     first = datasets[0]
     knn = make_monitor(first, seed) if monitor else None
-    if knn is not None:  # the monitor's images in the pooled format
+    if knn is not None and modality == "image2d":  # the monitor's images in the pooled format
         knn.bank, knn.val = (Split(conform(s.x, channels, tuple(images.shape[2:])), s.y) for s in (knn.bank, knn.val))
     train = Split(images, torch.zeros(len(images), dtype=torch.long))
-    result = fit(ssl, ssl.parameter_groups(), train, Split(images[:0], train.y[:0]), first.task, "image2d", config,
+    result = fit(ssl, ssl.parameter_groups(), train, Split(images[:0], train.y[:0]), first.task, modality, config,
                  batch_loss=ssl.batch_loss, score_fn=knn if knn is not None else (lambda model: None),
                  after_step=ssl.after_step, keep_initial=False, progress=progress,
                  score_name=f"{knn.name} ({specs[0]} val)" if knn is not None else "no monitor")

@@ -14,6 +14,7 @@ from .base import ContrastiveMethod, register
 class SimCLR(ContrastiveMethod):
     name = "simclr"
     default_temperature = 0.5
+    data_parallel = True  # NT-Xent over the gathered global batch (lightly's gather_distributed)
 
     def __init__(self, encoder: Classifier, views: ViewConfig | None = None, temperature: float | None = None,
                  projection_dim: int = 128):
@@ -24,7 +25,8 @@ class SimCLR(ContrastiveMethod):
         width = encoder.num_features
         self.temperature = temperature or self.default_temperature
         self.projection_head = SimCLRProjectionHead(width, width, projection_dim)
-        self.criterion = NTXentLoss(temperature=self.temperature)
+        # gather_distributed: under DDP every rank's views are the negatives (one process: no effect)
+        self.criterion = NTXentLoss(temperature=self.temperature, gather_distributed=True)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection_head(self.embed(x))

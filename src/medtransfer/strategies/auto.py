@@ -31,6 +31,7 @@ class Auto(Strategy):
     # Tags as the candidates': a source model and labelled target examples (tests check they agree).
     needs_source_model = True
     needs_labels = True
+    data_parallel = True  # every candidate is data-parallel; each rank runs them in the same order
 
     @classmethod
     def accepts(cls, backbone: str | None) -> bool:

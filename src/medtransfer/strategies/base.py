@@ -100,6 +100,12 @@ class Strategy(ABC):
     # (DP-SGD) covers everything it learns from them. False: a closed-form fit (logistic regression, a
     # linear probe's head), a loss coupling examples, or no target training at all: --dp is refused.
     dp_sgd = False
+    # Trains only through the one loop, with a loss that is a mean over a batch's examples (plus terms that
+    # do not depend on the batch), so a device's equal share of every batch and DDP's averaged gradients
+    # make the global batch's step: `--devices N` is allowed. False: a closed-form fit, no training, or a
+    # loss that couples a batch's examples (batch statistics, an unlabelled batch drawn inside the step,
+    # per-batch dataset weights), which N shares would compute differently: refused, not approximated.
+    data_parallel = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

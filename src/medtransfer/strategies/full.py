@@ -69,6 +69,7 @@ class Full(Strategy):
     name = "full"
     summary = "fine-tune everything; backbone LR = 0.1 x head LR (or layer-wise decay), one warm-up epoch"
     dp_sgd = True  # --dp trains it with DP-SGD
+    data_parallel = True  # --devices N trains it with DDP
 
     def run(self, ctx: TransferContext) -> Classifier:
         return fine_tune_all(ctx, ctx.target_model(self.name))

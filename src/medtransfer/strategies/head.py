@@ -7,6 +7,7 @@ class Head(Strategy):
     name = "head"
     summary = "frozen source backbone, new linear head trained by AdamW"
     dp_sgd = True  # --dp trains it with DP-SGD
+    data_parallel = True  # --devices N trains it with DDP
 
     def run(self, ctx: TransferContext) -> Classifier:
         model = ctx.target_model(self.name)

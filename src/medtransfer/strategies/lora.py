@@ -24,6 +24,7 @@ class LoRA(Strategy):
     summary = ("low-rank adapters (peft) on the backbone's linear layers, head from a linear probe; merged into the "
                "weights at save")
     rank, alpha, dropout = 8, 16, 0.1
+    data_parallel = True  # the probe is a deterministic fit every rank repeats; the adapters train with DDP
 
     @classmethod
     def accepts(cls, backbone: str | None) -> bool:

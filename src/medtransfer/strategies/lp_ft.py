@@ -8,6 +8,7 @@ from .linear_probe import linear_probe
 class LinearProbeThenFineTune(Strategy):
     name = "lp-ft"
     summary = "linear probe first, then full fine-tuning from it (Kumar et al. 2022)"
+    data_parallel = True  # the probe is a deterministic fit every rank repeats; the fine-tuning runs with DDP
 
     def run(self, ctx: TransferContext) -> Classifier:
         model = linear_probe(ctx, self.name)

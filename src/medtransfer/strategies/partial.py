@@ -25,6 +25,7 @@ class Partial(Strategy):
     summary = "fine-tune the last k backbone stages (default 1) and the head"
     stages = 1
     dp_sgd = True  # --dp trains it with DP-SGD
+    data_parallel = True  # --devices N trains it with DDP
 
     @classmethod
     def accepts(cls, backbone: str | None) -> bool:

@@ -9,6 +9,7 @@ class Scratch(Strategy):
     needs_source_model = False
     baseline = True
     dp_sgd = True  # --dp trains it with DP-SGD
+    data_parallel = True  # --devices N trains it with DDP
 
     def run(self, ctx: TransferContext) -> Classifier:
         import torch

@@ -101,34 +101,69 @@ class ViewConfig:
         """From {name: value} or ["name=value", "crop_scale=0.5,1"]; bad names and values are one line."""
         from ..errors import MedTransferError
 
-        if isinstance(items, cls):
-            return items
-        values = {}
-        pairs = items.items() if isinstance(items, dict) else [s.partition("=")[::2] for s in items or []]
-        names = {f.name: f for f in fields(cls)}
-        for name, value in pairs:
-            name = name.strip().replace("-", "_")
-            if name not in names:
-                raise MedTransferError(f"unknown view option {name!r}; choose from {', '.join(names)}")
-            default = getattr(cls, name)
-            try:
-                if isinstance(value, str):
-                    parts = [float(v) for v in value.split(",")]
-                    value = tuple(parts) if isinstance(default, tuple) else (
-                        int(parts[0]) if name == "size" else parts[0])
-                    if len(parts) != (len(default) if isinstance(default, tuple) else 1):
-                        raise ValueError
-                values[name] = tuple(value) if isinstance(default, tuple) else value
-            except (ValueError, TypeError):
-                shape = "two numbers like 0.5,1.0" if isinstance(default, tuple) else "one number"
-                raise MedTransferError(f"bad view option {name}={value!r}: give {shape}") from None
-        config = cls(**values)
+        config = parse_options(cls, items)
         for name in ("hflip", "vflip", "p_intensity", "p_blur"):
             if not 0 <= getattr(config, name) <= 1:
                 raise MedTransferError(f"view option {name}={getattr(config, name)} must be a probability in [0, 1]")
         if not 0 < config.crop_scale[0] <= config.crop_scale[1] <= 1:
             raise MedTransferError(f"view option crop_scale={config.crop_scale} must satisfy 0 < low <= high <= 1")
         return config
+
+
+@dataclass
+class SignalViewConfig:
+    """Random views of signals (N, C, T) for contrastive pretraining: `signal_augment` made stronger than
+    the supervised default, as time-series SimCLR does (Gaussian jitter, amplitude scaling, a circular
+    time shift, one masked span; no flips: an inverted ECG is another lead). Each value is that
+    augmentation's size as `signal_augment` reads it."""
+
+    jitter: float = 0.1
+    scaling: float = 0.2
+    shift: float = 0.2
+    mask: float = 0.25
+
+    @classmethod
+    def parse(cls, items: dict | list[str] | None) -> "SignalViewConfig":
+        from ..errors import MedTransferError
+
+        config = parse_options(cls, items)
+        for name in ("shift", "mask"):
+            if not 0 <= getattr(config, name) <= 1:
+                raise MedTransferError(f"view option {name}={getattr(config, name)} must be a share of the "
+                                       "length in [0, 1]")
+        for name in ("jitter", "scaling"):
+            if getattr(config, name) < 0:
+                raise MedTransferError(f"view option {name}={getattr(config, name)} must be >= 0")
+        return config
+
+
+def parse_options(cls, items: dict | list[str] | None):
+    """A view dataclass from {name: value} or ["name=value", "crop_scale=0.5,1"]; bad names and values are
+    one line naming the accepted ones."""
+    from ..errors import MedTransferError
+
+    if isinstance(items, cls):
+        return items
+    values = {}
+    pairs = items.items() if isinstance(items, dict) else [s.partition("=")[::2] for s in items or []]
+    names = {f.name: f for f in fields(cls)}
+    for name, value in pairs:
+        name = name.strip().replace("-", "_")
+        if name not in names:
+            raise MedTransferError(f"unknown view option {name!r}; choose from {', '.join(names)}")
+        default = getattr(cls, name)
+        try:
+            if isinstance(value, str):
+                parts = [float(v) for v in value.split(",")]
+                value = tuple(parts) if isinstance(default, tuple) else (
+                    int(parts[0]) if name == "size" else parts[0])
+                if len(parts) != (len(default) if isinstance(default, tuple) else 1):
+                    raise ValueError
+            values[name] = tuple(value) if isinstance(default, tuple) else value
+        except (ValueError, TypeError):
+            shape = "two numbers like 0.5,1.0" if isinstance(default, tuple) else "one number"
+            raise MedTransferError(f"bad view option {name}={value!r}: give {shape}") from None
+    return cls(**values)
 
 
 def _uniform(rand: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
@@ -184,9 +219,14 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> to
 
 
 def two_views(x: torch.Tensor, generator: torch.Generator | None = None,
-              config: ViewConfig = ViewConfig()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent random views of a batch, made in one batched call."""
-    if x.ndim != 4:
-        raise ValueError(f"self-supervised views take 2D image batches (N, C, H, W), not shape {tuple(x.shape)}")
+              config: ViewConfig | SignalViewConfig = ViewConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent random views of a batch (2D images, or signals with a SignalViewConfig), made in one
+    batched call."""
+    if x.ndim == 3 and isinstance(config, SignalViewConfig):
+        views = signal_augment(torch.cat([x, x]), generator, config.jitter, config.scaling, config.shift, config.mask)
+        return views[:len(x)], views[len(x):]
+    if x.ndim != 4 or not isinstance(config, ViewConfig):
+        raise ValueError(f"self-supervised views take 2D image batches (N, C, H, W) with a ViewConfig or signals "
+                         f"(N, C, T) with a SignalViewConfig, not shape {tuple(x.shape)} with {type(config).__name__}")
     views = random_view(torch.cat([x, x]), generator, config)
     return views[:len(x)], views[len(x):]

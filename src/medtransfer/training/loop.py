@@ -34,6 +34,7 @@ from ..evaluation import selection_score  # noqa: F401 (re-exported: strategies 
 from ..evaluation.selection import selection_key
 from ..models.inference import predict_proba
 from ..progress import Progress, as_progress
+from . import distributed
 from .augment import augment_batch
 from .privacy import DPConfig, PrivateTraining, check_private_training
 
@@ -58,6 +59,8 @@ class TrainConfig:
     channels_last: bool = False  # 2D images and conv weights in NHWC (tensor-core friendly on CUDA)
     compile: bool = False  # torch.compile the model for the training steps (falls back with a warning)
     layer_decay: float | None = None  # full / lp-ft / l2-sp: stage lr = lr x decay^depth (None: the strategy's rule)
+    devices: int = 1  # data-parallel processes per node (DDP, `training/distributed.py`); batch_size stays global
+    num_nodes: int = 1
 
 
 @dataclass
@@ -85,16 +88,26 @@ def resolve_accelerator(accelerator: str = "auto") -> str:
 PRECISIONS = ("auto", "bf16", "fp32")  # the values of TrainConfig.precision
 
 
-def make_fabric(accelerator: str = "auto", precision: str = "auto"):
-    """Fabric on one device; "auto" precision is bf16 autocast on CUDA (tensor cores, no loss scaling
-    needed) and fp32 elsewhere, where bf16 autocast is slower than fp32 on most CPUs."""
+def make_fabric(accelerator: str = "auto", precision: str = "auto", devices: int = 1, num_nodes: int = 1):
+    """Fabric on one device, or (devices x num_nodes > 1) this process's rank of a data-parallel run that
+    `training.distributed.launch` started (DDP; the process group exists, so launch() starts nothing).
+    "auto" precision is bf16 autocast on CUDA (tensor cores, no loss scaling needed) and fp32 elsewhere,
+    where bf16 autocast is slower than fp32 on most CPUs."""
     from lightning_fabric import Fabric
 
     if precision not in PRECISIONS:
         raise MedTransferError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r} (--precision)")
     accelerator = resolve_accelerator(accelerator)
     bf16 = precision == "bf16" or (precision == "auto" and accelerator == "cuda")
-    return Fabric(accelerator=accelerator, devices=1, precision="bf16-mixed" if bf16 else "32-true")
+    precision = "bf16-mixed" if bf16 else "32-true"
+    if devices * num_nodes == 1:
+        return Fabric(accelerator=accelerator, devices=1, precision=precision)
+    if distributed.world_size() != devices * num_nodes:
+        raise MedTransferError(f"training on {devices} device(s) x {num_nodes} node(s) runs inside a data-parallel "
+                               "launch (medtransfer transfer / pretrain --devices, or training.distributed.launch)")
+    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="ddp", precision=precision)
+    fabric.launch()
+    return fabric
 
 
 class StepCompiler:
@@ -225,11 +238,24 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     keep_initial=False logs the score before the first step but never returns the untrained weights.
     progress: where the epochs are reported (default: a bar when config.progress, else nothing).
     dp: train with differential privacy, DP-SGD by Opacus (`training/privacy.py`); FitResult.dp records it.
+
+    Data parallel (config.devices x config.num_nodes = W > 1, inside `training.distributed.launch`):
+    config.batch_size is the *global* batch, as on one device. Every rank draws the same epoch order and
+    trains on an equal share of each batch (index[rank::W]; the at most W - 1 examples a batch does not
+    divide into sit that step out), DDP averages the gradients, so each step follows the global batch's
+    mean loss; each rank draws its own augmentations and dropout masks. BatchNorm normalises each share
+    on its own (plain DDP). Rank 0 scores validation on the unwrapped model and broadcasts the score, so
+    the best epoch and early stopping are decided once for all; every rank returns with rank 0's selected
+    weights.
     """
     if len(train) == 0:
         raise MedTransferError("no labelled training examples to train on: raise the label budget")
     if config.batch_size < 1:  # the pipeline refuses it up front (TrainOptions); this guards direct callers
         raise MedTransferError(f"batch size must be at least 1, got {config.batch_size} (--batch-size)")
+    world = config.devices * config.num_nodes
+    if world > 1 and (dp is not None or config.compile):
+        raise MedTransferError(f"{'--dp' if dp is not None else '--compile'} runs on one device; drop --devices "
+                               f"{config.devices} / --num-nodes {config.num_nodes} or drop the option")
     torch.manual_seed(config.seed)
     private = None  # DP-SGD (--dp): Opacus's per-example clipping, noise, Poisson batches and accountant
     if dp is not None:
@@ -238,12 +264,16 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
         steps = max(math.ceil(len(train) / size), config.min_steps_per_epoch)  # as below, for the accountant
         private = PrivateTraining(dp, len(train), size, steps, config.epochs)
         param_groups = private.prepare(model, param_groups)  # BatchNorm -> GroupNorm where it trains
-    fabric = make_fabric(config.accelerator, config.precision if private is None else "fp32")
+    fabric = make_fabric(config.accelerator, config.precision if private is None else "fp32", config.devices,
+                         config.num_nodes)
     channels_last = config.channels_last and train.x.ndim == 4  # NHWC is a 2D-image layout
     if channels_last:  # before the optimizer: parameters keep their identity, only their layout changes
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     module = model  # the unwrapped model: compile and the layout are undone on it at the end
+    idle = idle_parameters(module, optimizer) if world > 1 else []  # DDP must not wait for their gradients
+    for param in idle:
+        param.requires_grad_(False)
     model, optimizer = fabric.setup(model if private is None else private.wrap(model), optimizer)
     if private is not None:
         optimizer = private.optimizer(optimizer)
@@ -256,23 +286,37 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
         weights = class_weights(train.y, task, config.class_weight)  # moved once: a copy per step would sync
         batch_loss = supervised_loss(task, modality, config.augment, None if weights is None else weights.to(device))
     batch_size = min(config.batch_size, len(train))
+    if world > 1 and batch_size // world < 2:
+        raise MedTransferError(f"a batch of {batch_size} examples over {world} devices leaves fewer than 2 per "
+                               "device; raise --batch-size (the global batch) or the label budget, or use fewer --devices")
     steps_per_epoch = max(math.ceil(len(train) / batch_size), config.min_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch)))
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # the epoch order: the same on every rank
+    draws = generator  # augmentations
+    if world > 1:  # a rank's own augmentations and dropout (the weights DDP broadcast from rank 0 at setup)
+        draws = torch.Generator().manual_seed(rank_seed(config.seed, fabric.global_rank))
+        torch.manual_seed(rank_seed(config.seed, fabric.global_rank))
 
-    def validate() -> tuple[float | None, tuple | None]:
+    def scored(net: nn.Module) -> tuple[float | None, tuple | None]:
         """(the score shown and logged, the key epochs are compared by). The default key breaks
         validation-AUC ties by balanced accuracy, then log-loss (`selection_key`), so an epoch that
         predicts one class for every validation example does not win a tie."""
         if score_fn is not None:
-            score = score_fn(model)
-            return score, None if score is None else (score,)
-        key = selection_key(val.y.numpy(), predict_proba(model, val.x, task, config.eval_batch_size, device), task)
+            value = score_fn(net)
+            return value, None if value is None else (value,)
+        key = selection_key(val.y.numpy(), predict_proba(net, val.x, task, config.eval_batch_size, device), task)
         return key[0], key
 
+    def validate() -> tuple[float | None, tuple | None]:
+        """`scored` of the model; data parallel: rank 0 scores the unwrapped model (no collective inside,
+        the other ranks wait at the broadcast) and every rank gets its numbers."""
+        if world == 1:
+            return scored(model)
+        return fabric.broadcast(scored(module) if fabric.global_rank == 0 else None, src=0)
+
     def train_step(index: torch.Tensor) -> torch.Tensor:
-        loss = batch_loss(model, x_train[index], y_train[index], generator)
+        loss = batch_loss(model, x_train[index], y_train[index], draws)
         if extra_loss is not None:
             loss = loss + extra_loss()
         optimizer.zero_grad(set_to_none=True)
@@ -310,6 +354,8 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
                             continue
                     else:
                         index = order[step * batch_size:(step + 1) * batch_size]
+                        if world > 1:  # this rank's equal share of the global batch
+                            index = index[:len(index) // world * world][fabric.global_rank::world]
                         if len(index) < 2 and len(train) > 1:
                             continue  # a batch of one breaks BatchNorm and adds nothing
                     try:
@@ -325,6 +371,8 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
                     if after_step is not None:
                         after_step(model)
                     total_loss += loss.detach()
+            if world > 1:  # every rank reads the same loss, so all stop together if it is not finite
+                total_loss = fabric.all_reduce(total_loss, reduce_op="mean")
             mean_loss = float(total_loss) / steps_per_epoch
             if not math.isfinite(mean_loss):  # diverged: these weights are never selected
                 history.append({"epoch": epoch, "train_loss": mean_loss, "val_score": None})
@@ -345,15 +393,33 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
             private.close()
         if channels_last:  # checkpoints (safetensors) and later callers expect the usual layout
             module.to(memory_format=torch.contiguous_format)
+        for param in idle:
+            param.requires_grad_(True)
     if diverged and best_state is None:
         raise MedTransferError(f"training diverged at epoch {diverged} (the loss is not finite) before any usable "
                                "epoch; lower the learning rate (--lr)")
+    if world > 1 and best_state is not None:  # rank 0's selection, bit for bit (BatchNorm statistics differ per rank)
+        best_state = fabric.broadcast({k: v.cpu() for k, v in best_state.items()} if fabric.global_rank == 0 else None)
     if best_state is not None:  # None only when no epoch ran and the initial weights were not eligible
         model.load_state_dict(best_state)
     best_score = float("nan") if best_score is None else best_score
     return FitResult(best_epoch, best_score, history[-1]["epoch"], time.perf_counter() - start, history, diverged,
                      compiled=compiler.active and history[-1]["epoch"] > 0,
                      dp=None if private is None else private.record())
+
+
+def idle_parameters(module: nn.Module, optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    """Trainable parameters no optimizer group holds (an SSL encoder's placeholder head): they never
+    change, and DDP would wait for their gradient at every step, so a data-parallel fit freezes them."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return [p for p in module.parameters() if p.requires_grad and id(p) not in held]
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A data-parallel rank's own seed for its random draws, from (seed, rank): ranks do not repeat each other."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def check_imbalance(config: TrainConfig, task: str) -> None:
