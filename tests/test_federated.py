@@ -194,3 +194,9 @@ def test_a_source_model_fixes_the_encoding_and_starts_every_model():
     datasets = {s: SiteData(s).load(encoder) for s in config.sites}
     predictions = source_only(datasets, start, encoder)
     assert predictions["heart:va"][1].shape == (len(datasets["heart:va"].test), 2)
+
+
+def test_the_example_config_loads():
+    from pathlib import Path
+    config, _ = load_federated_config(Path(__file__).parent.parent / "examples" / "heart-federated.yaml")
+    assert len(config.sites) == 4 and config.strategies == ["fedavg", "fedprox", "fedadam"]
