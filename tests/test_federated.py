@@ -200,3 +200,9 @@ def test_the_example_config_loads():
     from pathlib import Path
     config, _ = load_federated_config(Path(__file__).parent.parent / "examples" / "heart-federated.yaml")
     assert len(config.sites) == 4 and config.strategies == ["fedavg", "fedprox", "fedadam"]
+
+
+def test_every_config_strategy_is_a_flower_strategy():
+    from medtransfer.federation.config import STRATEGIES
+    from medtransfer.federation.schedule import FLOWER_STRATEGIES
+    assert tuple(FLOWER_STRATEGIES) == STRATEGIES

@@ -22,7 +22,7 @@ class FederatedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
     sites: list[str] = Field(min_length=2)
-    strategies: list[Literal["fedavg", "fedprox", "fedadam"]] = Field(["fedavg", "fedprox", "fedadam"], min_length=1)
+    strategies: list[Literal[STRATEGIES]] = Field(list(STRATEGIES), min_length=1)
     rounds: int = Field(20, ge=1)
     local_epochs: int = Field(2, ge=1)
     lr: float = Field(3e-3, gt=0)

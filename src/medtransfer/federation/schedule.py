@@ -65,13 +65,19 @@ def flower_strategy(name: str, n_sites: int, initial: Parameters, fit_config: Ca
                   min_available_clients=n_sites, on_fit_config_fn=fit_config, on_evaluate_config_fn=evaluate_config,
                   accept_failures=False, initial_parameters=initial,
                   fit_metrics_aggregation_fn=weighted("train_loss"))
-    if name == "fedavg":
-        return FedAvg(**common)
-    if name == "fedprox":
-        return FedProx(**common, proximal_mu=settings["proximal_mu"])
-    if name == "fedadam":  # Adam on the server (beta_1 0.9, beta_2 0.99); eta_l is informational in Flower
-        return FedAdam(**common, eta=settings["server_lr"], eta_l=settings["lr"], tau=settings["server_tau"])
-    raise MedTransferError(f"unknown federated strategy {name!r}; choose fedavg, fedprox or fedadam")
+    if name not in FLOWER_STRATEGIES:
+        raise MedTransferError(f"unknown federated strategy {name!r}; choose {', '.join(FLOWER_STRATEGIES)}")
+    return FLOWER_STRATEGIES[name](common, settings)
+
+
+# config.STRATEGIES -> Flower's strategy, from the arguments every strategy shares and the run's settings
+FLOWER_STRATEGIES: dict[str, Callable[[dict, dict], Strategy]] = {
+    "fedavg": lambda common, settings: FedAvg(**common),
+    "fedprox": lambda common, settings: FedProx(**common, proximal_mu=settings["proximal_mu"]),
+    # Adam on the server (beta_1 0.9, beta_2 0.99); eta_l is informational in Flower
+    "fedadam": lambda common, settings: FedAdam(**common, eta=settings["server_lr"], eta_l=settings["lr"],
+                                                tau=settings["server_tau"]),
+}
 
 
 class Schedule(Strategy):
