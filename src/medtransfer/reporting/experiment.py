@@ -225,14 +225,14 @@ def _load(exp: Path):
 # ----------------------------------------------------------------------------- formatting helpers
 
 
-def _fmt(value, ci, signed=False) -> str:
+def format_ci(value, ci, signed=False) -> str:
     f = "{:+.3f}" if signed else "{:.3f}"
     if not np.isfinite(value):
         return "n/a"
     return f.format(value) + (f" [{f.format(ci[0])}, {f.format(ci[1])}]" if np.isfinite(ci).all() else "")
 
 
-def _fmt_p(p) -> str:
+def format_p(p) -> str:
     return "n/a" if not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -542,7 +542,7 @@ def _validation_table(view: TargetView) -> list[Block]:
 
 def _auc_table(view: TargetView) -> list[Block]:
     stats = view.stats
-    rows = [[m, _seed_counts(view, m)] + [_fmt(stats[m, b]["auc"], stats[m, b]["ci"]) if (m, b) in stats else ""
+    rows = [[m, _seed_counts(view, m)] + [format_ci(stats[m, b]["auc"], stats[m, b]["ci"]) if (m, b) in stats else ""
                                           for b in view.budgets] for m in view.methods]
     return [Heading("Test AUC, mean over seeds [95% CI] (reported, never used to choose)", 3),
             Table(_header(view), rows)]
@@ -592,9 +592,9 @@ def _comparisons(view: TargetView) -> list[Block]:
         here, chosen = view.at(b), view.chosen_at[b]
         s = here[chosen]
         line = [b, view.n_of[b], chosen, _fmt_score(s["val_auc"]), _fmt_score(s["val_log_loss"]),
-                _fmt(s["auc"], s["ci"])]
+                format_ci(s["auc"], s["ci"])]
         text = (f"Budget {b}: validation-chosen method {chosen} (validation AUC {_fmt_score(s['val_auc'])}"
-                f"{_tie(view, b, chosen)}), test AUC {_fmt(s['auc'], s['ci'])}.")
+                f"{_tie(view, b, chosen)}), test AUC {format_ci(s['auc'], s['ci'])}.")
         missing = []
         for ref in REFERENCES:
             other = _reference(here, chosen, ref)
@@ -606,9 +606,9 @@ def _comparisons(view: TargetView) -> list[Block]:
                                       [view.preds[c].prob for c in here[other]["cells"]], n_boot=view.n_boot,
                                       seed=view.seed, task=view.task, split_of_a=s["splits"],
                                       split_of_b=here[other]["splits"])
-            line += [_fmt(d["value"], d["ci"], signed=True) + (" (n.s.)" if _significant(d) is False else ""),
-                     _fmt_p(d["p"])]
-            text += (f" Against {other}: ΔAUC {_fmt(d['value'], d['ci'], signed=True)}, p = {_fmt_p(d['p'])}, "
+            line += [format_ci(d["value"], d["ci"], signed=True) + (" (n.s.)" if _significant(d) is False else ""),
+                     format_p(d["p"])]
+            text += (f" Against {other}: ΔAUC {format_ci(d['value'], d['ci'], signed=True)}, p = {format_p(d['p'])}, "
                      f"{_verdict(d, chosen)}.")
         rows.append(line)
         sentences.append(text + (_missing(missing) if missing else ""))
@@ -639,7 +639,7 @@ def _per_backbone(view: TargetView) -> list[Block]:
                 continue
             chosen = min(cands, key=lambda m: _choice_key(cands[m], m))
             s = here[chosen]
-            line = [b, view.n_of[b], net, chosen, _fmt_score(s["val_auc"]), _fmt(s["auc"], s["ci"])]
+            line = [b, view.n_of[b], net, chosen, _fmt_score(s["val_auc"]), format_ci(s["auc"], s["ci"])]
             other = next((m for m, t in here.items() if NO_SOURCE.matches(t["strategy"]) and backbone(t) == net), None)
             if other is None:
                 rows.append(line + ["–", "–", "–"])
@@ -648,9 +648,8 @@ def _per_backbone(view: TargetView) -> list[Block]:
                                       [view.preds[c].prob for c in here[other]["cells"]], n_boot=view.n_boot,
                                       seed=view.seed, task=view.task, split_of_a=s["splits"],
                                       split_of_b=here[other]["splits"])
-            rows.append(line + [_fmt(here[other]["auc"], here[other]["ci"]),
-                                _fmt(d["value"], d["ci"], signed=True) + (" (n.s.)" if _significant(d) is False else ""),
-                                _fmt_p(d["p"])])
+            shown = format_ci(d["value"], d["ci"], signed=True) + (" (n.s.)" if _significant(d) is False else "")
+            rows.append(line + [format_ci(here[other]["auc"], here[other]["ci"]), shown, format_p(d["p"])])
     if not rows:
         return []
     name = view.reference_name(NO_SOURCE)
@@ -662,7 +661,7 @@ def _per_backbone(view: TargetView) -> list[Block]:
 # ----------------------------------------------------------------------------- the operating point
 
 
-def _rate_mean_ci(parts: list, split_of: list, n_boot: int, seed: int) -> dict:
+def rate_mean_ci(parts: list, split_of: list, n_boot: int, seed: int) -> dict:
     """Seed mean of a rate ``hits / of`` (sensitivity: true positives over positives) with a paired percentile
     bootstrap over the test patients: the models on one test split share its resamples, and each split is
     resampled on its own, as the AUC CIs are. ``parts``: per model (hits, of) as 0/1 arrays over its split."""
@@ -696,7 +695,7 @@ def _binary_rates(view: TargetView, s: dict) -> tuple[str, str]:
         is_pos, decided = pred.y == pred.classes.index(positive), pred.predicted == positive
         sens.append((decided & is_pos, is_pos))
         spec.append((~decided & ~is_pos, ~is_pos))
-    return tuple(_fmt(r["value"], r["ci"]) for r in (_rate_mean_ci(part, s["splits"], view.n_boot, view.seed)
+    return tuple(format_ci(r["value"], r["ci"]) for r in (rate_mean_ci(part, s["splits"], view.n_boot, view.seed)
                                                       for part in (sens, spec)))
 
 
@@ -789,7 +788,7 @@ def _privacy_utility(view: TargetView) -> list[Block]:
         for target, level, s in entries:
             spent = _seed_mean(s["rows"]["dp_epsilon"]) if level and "dp_epsilon" in s["rows"] else float("nan")
             rows.append([base, f"{b} ({view.n_of[b]} labels)" if view.n_of.get(b) else b, level or "no DP",
-                         _fmt_score(spent) if level else "∞", str(len(s["seeds"])), _fmt(s["auc"], s["ci"]),
+                         _fmt_score(spent) if level else "∞", str(len(s["seeds"])), format_ci(s["auc"], s["ci"]),
                          _fmt_score(s["val_auc"])])
     return [Heading("Privacy-utility curve (differential privacy, DP-SGD)", 3),
             Paragraph("Test AUC (mean over seeds, 95% CI) of each method trained with DP-SGD at each target epsilon, "

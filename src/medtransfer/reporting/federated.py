@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from ..evaluation.metrics import auc_paired_difference, auc_paired_mean_ci
 from ..runs import read_json
 from .blocks import Block, Bullets, Heading, Paragraph, Plot, Table, png, to_html, to_markdown
-from .experiment import _fmt, _fmt_p, _rate_mean_ci
+from .experiment import format_ci, format_p, rate_mean_ci
 
 # FLamby (du Terrail et al., NeurIPS 2022 Datasets and Benchmarks), Fed-Heart-Disease: logistic regression,
 # accuracy at threshold 0.5, mean over the 4 centres, its own fixed train/test split per centre.
@@ -109,8 +109,8 @@ def site_stats(site: str, results: pd.DataFrame, predictions: pd.DataFrame, summ
         task = "binary" if len(classes) == 2 else "multiclass"
         out[method] = {"y": y, "probs": probs, "task": task,
                        "auc": auc_paired_mean_ci(y, probs, n_boot=n_boot, seed=seed, task=task),
-                       "acc_half": _rate_mean_ci(half, [0] * len(half), n_boot, seed),
-                       "acc_point": _rate_mean_ci(point, [0] * len(point), n_boot, seed), "seeds": len(seeds)}
+                       "acc_half": rate_mean_ci(half, [0] * len(half), n_boot, seed),
+                       "acc_point": rate_mean_ci(point, [0] * len(point), n_boot, seed), "seeds": len(seeds)}
     for method, s in out.items():
         for ref in ("local", "pooled"):
             if ref in out and method != ref:
@@ -148,11 +148,11 @@ def overview(summary: dict, results: pd.DataFrame, stats: dict) -> list[Block]:
 def site_section(site: str, stats: dict, summary: dict) -> list[Block]:
     rows = []
     for method, s in stats.items():
-        diffs = [(_fmt(s[k]["value"], s[k]["ci"], signed=True), _fmt_p(s[k]["p"])) if k in s else ("–", "–")
+        diffs = [(format_ci(s[k]["value"], s[k]["ci"], signed=True), format_p(s[k]["p"])) if k in s else ("–", "–")
                  for k in ("vs_local", "vs_pooled")]
-        rows.append([method, _fmt(s["auc"]["value"], s["auc"]["ci"]), *diffs[0], *diffs[1],
-                     _fmt(s["acc_half"]["value"], s["acc_half"]["ci"]),
-                     _fmt(s["acc_point"]["value"], s["acc_point"]["ci"])])
+        rows.append([method, format_ci(s["auc"]["value"], s["auc"]["ci"]), *diffs[0], *diffs[1],
+                     format_ci(s["acc_half"]["value"], s["acc_half"]["ci"]),
+                     format_ci(s["acc_point"]["value"], s["acc_point"]["ci"])])
     y, classes = next(iter(stats.values()))["y"], summary["classes"]
     counts = ", ".join(f"{int((y == k).sum())} {c}" for k, c in enumerate(classes))
     return [Heading(site, 3),
