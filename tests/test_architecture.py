@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "medtransfer"
 # Lowest first. A module may import its own package and anything in a lower layer, nothing else.
 LAYERS = [
     {"__init__", "errors", "defaults"},
-    {"registry", "progress", "runs"},
+    {"registry", "progress", "runs", "config_files"},
     {"data"},
     {"evaluation"},
     {"models"},

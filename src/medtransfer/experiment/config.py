@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..config_files import load_yaml_config
 from ..data import parse_budget
 from ..errors import MedTransferError
 
@@ -159,28 +159,5 @@ class ExperimentConfig(BaseModel):
 
 
 def load_config(path: Path) -> tuple[ExperimentConfig, str]:
-    path = Path(path)
-    if not path.is_file():
-        raise MedTransferError(f"experiment config {path} not found")
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MedTransferError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
-    if not isinstance(raw, dict):
-        raise MedTransferError(f"{path} must be a YAML mapping with name, targets, strategies, …")
-    try:
-        return ExperimentConfig(**raw), text
-    except ValidationError as exc:
-        raise MedTransferError(f"{path}: {describe_error(exc.errors()[0])}") from None
-
-
-def describe_error(error: dict) -> str:
-    where = ".".join(str(p) for p in error["loc"]) or "config"
-    if error["type"] == "extra_forbidden":
-        fields = ExperimentConfig.model_fields if len(error["loc"]) == 1 else TrainSettings.model_fields
-        return f"unknown key {where!r}; allowed: {', '.join(fields)}"
-    if error["type"] == "missing":
-        return f"missing key {where!r}"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{where}: {message} (got {error.get('input')!r})"
+    return load_yaml_config(path, ExperimentConfig, "experiment config", "name, targets, strategies",
+                            lambda loc: ExperimentConfig.model_fields if len(loc) == 1 else TrainSettings.model_fields)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..config_files import load_yaml_config
 from ..errors import MedTransferError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")  # Flower's FedAvg, FedProx and FedAdam (server/strategy.py)
@@ -120,31 +120,4 @@ class FederatedConfig(BaseModel):
 
 def load_federated_config(path: Path) -> tuple[FederatedConfig, str]:
     """The validated config and its text (copied into the output folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedTransferError(f"federated config {path} not found")
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MedTransferError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
-    if not isinstance(raw, dict):
-        raise MedTransferError(f"{path} must be a YAML mapping with name, sites, strategies, …")
-    try:
-        return FederatedConfig(**raw), text
-    except ValidationError as exc:
-        raise MedTransferError(f"{path}: {describe_error(exc.errors()[0])}") from None
-
-
-def describe_error(error: dict) -> str:
-    where = ".".join(str(p) for p in error["loc"]) or "config"
-    if error["type"] == "extra_forbidden":
-        return f"unknown key {where!r}; allowed: {', '.join(FederatedConfig.model_fields)}"
-    if error["type"] == "missing":
-        return f"missing key {where!r}"
-    if error["type"] == "literal_error":
-        return f"{where}: {error['msg'].removeprefix('Input should be ')} are allowed (got {error.get('input')!r})"
-    if error["type"] == "too_short":
-        return f"{where}: at least {error['ctx']['min_length']} entries needed (got {error.get('input')!r})"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" + (f" (got {error.get('input')!r})" if error["loc"] else "")
+    return load_yaml_config(path, FederatedConfig, "federated config", "name, sites, strategies")
