@@ -46,3 +46,15 @@ def describe_error(error: dict, fields: Callable[[tuple], dict]) -> str:
         return f"{where}: at least {error['ctx']['min_length']} entries needed (got {error.get('input')!r})"
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" + (f" (got {error.get('input')!r})" if error["loc"] else "")
+
+
+def seed_list(seeds) -> list[int]:
+    """A config's `seeds`: a count n (seeds 0..n-1) or a list of distinct seeds >= 0 (a pydantic validator's
+    body: raises ValueError)."""
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError("seeds must be at least 1 (a count) or a list of seeds")
+        return list(range(seeds))
+    if not seeds or len(set(seeds)) < len(seeds) or any(s < 0 for s in seeds):
+        raise ValueError("seeds must be a count or a list of distinct seeds >= 0")
+    return list(seeds)

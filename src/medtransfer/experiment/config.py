@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config_files import load_yaml_config
+from ..config_files import load_yaml_config, seed_list
 from ..data import parse_budget
 from ..errors import MedTransferError
 
@@ -126,11 +126,7 @@ class ExperimentConfig(BaseModel):
     @field_validator("seeds")
     @classmethod
     def seed_list(cls, seeds) -> list[int]:
-        if isinstance(seeds, int):
-            if seeds < 1:
-                raise ValueError("seeds must be at least 1 (a count) or a list of seeds")
-            return list(range(seeds))
-        return seeds
+        return seed_list(seeds)
 
     @model_validator(mode="after")
     def skip_names_grid_values(self):

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config_files import load_yaml_config
+from ..config_files import load_yaml_config, seed_list
 from ..errors import MedTransferError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")  # Flower's FedAvg, FedProx and FedAdam (server/strategy.py)
@@ -99,13 +99,7 @@ class FederatedConfig(BaseModel):
     @field_validator("seeds")
     @classmethod
     def seed_list(cls, seeds) -> list[int]:
-        if isinstance(seeds, int):
-            if seeds < 1:
-                raise ValueError("seeds must be at least 1 (a count) or a list of seeds")
-            return list(range(seeds))
-        if not seeds or len(set(seeds)) < len(seeds) or any(s < 0 for s in seeds):
-            raise ValueError("seeds must be a count or a list of distinct seeds >= 0")
-        return seeds
+        return seed_list(seeds)
 
     @model_validator(mode="after")
     def csv_needs_target(self):
