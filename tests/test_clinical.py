@@ -222,3 +222,16 @@ def test_the_demo_stars_the_strategy_chosen_on_validation_not_on_test(monkeypatc
     rows = {row[0]: row[1:] for row in blocks[1].rows}
     assert all(value.endswith("*") for value in rows["head"])
     assert not any(value.endswith("*") for value in rows["full"])
+
+
+def test_every_demo_heart_row_can_run_on_a_heart_site():
+    """The demo's rows pass the checks a grid makes before training (a text baseline on a table failed
+    `make demo` once): each strategy takes tables and its source."""
+    from medtransfer.demo import HEART_SOURCE, heart_strategies
+    from medtransfer.pipeline import TransferRequest
+    from medtransfer.pipeline.preflight import preflight
+
+    rows, cache = heart_strategies(), {}
+    assert {"scratch", "target-only", "full"} <= set(rows) and "tfidf-lr" not in rows
+    for strategy in rows:
+        assert preflight(TransferRequest("heart:hungary", strategy, HEART_SOURCE, budget=10), cache) is None, strategy

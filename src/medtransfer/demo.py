@@ -56,8 +56,9 @@ def fmt(auc: dict) -> str:
 
 def heart_strategies() -> list[str]:
     """The heart part's rows, baselines from their tags: the logistic-regression baselines (no backbone),
-    then the baseline that uses no source at all (scratch), then the demo's transfer strategies."""
-    tags = STRATEGIES.items()
+    then the baseline that uses no source at all (scratch), then the demo's transfer strategies. Only
+    strategies that take tables (tag `modalities`): a text baseline such as tfidf-lr is no heart row."""
+    tags = [(n, c) for n, c in STRATEGIES.items() if c.modalities is None or "tabular" in c.modalities]
     tabular = [n for n, c in tags if c.baseline and not c.uses_backbone]
     no_source = [n for n, c in tags if c.baseline and c.uses_backbone and not c.needs_source()]
     return tabular + no_source + TRANSFERS
