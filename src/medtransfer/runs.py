@@ -4,6 +4,7 @@ new run is written beside it and swapped in only once complete, so a failure los
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -157,3 +158,18 @@ def predictions_frame(split: str, y: np.ndarray, prob: np.ndarray, classes: list
     if predicted is not None:
         frame["predicted"] = list(predicted)
     return frame
+
+
+@contextlib.contextmanager
+def temporary_environ(values: dict[str, str]):
+    """`values` in os.environ (so in the processes started meanwhile) for the duration, then as they were."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -29,6 +29,7 @@ from typing import Callable
 
 from ..errors import MedTransferError
 from ..pipeline.source import cache_dir
+from ..runs import temporary_environ
 
 LOOPBACK = ("127.0.0.1", "localhost")
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode (see `loopback`)
@@ -79,7 +80,8 @@ def session(address: str | None, jobs: int):
         options.update(num_cpus=jobs, _node_ip_address="127.0.0.1")
     on_loopback = not address or address.removeprefix("ray://").rpartition(":")[0] in LOOPBACK
     try:
-        with warnings.catch_warnings(), loopback(on_loopback), environ({} if address else NO_USAGE_STATS):
+        quiet = {} if address else NO_USAGE_STATS
+        with warnings.catch_warnings(), loopback(on_loopback), temporary_environ(quiet):
             warnings.simplefilter("ignore", FutureWarning)  # Ray's tip on CUDA_VISIBLE_DEVICES: see `environment`
             ray.init(**options)
     except Exception as exc:  # noqa: BLE001 (whatever Ray raises, the user gets one line)
@@ -91,21 +93,6 @@ def session(address: str | None, jobs: int):
         yield ray
     finally:
         ray.shutdown()
-
-
-@contextlib.contextmanager
-def environ(values: dict[str, str]):
-    """`values` in os.environ (so in the processes Ray starts) for the duration, then as they were."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -121,7 +108,7 @@ def loopback(on: bool):
         return
     saved, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
     try:
-        with environ({SINGLE_MACHINE: "0"}):  # for the processes it starts
+        with temporary_environ({SINGLE_MACHINE: "0"}):  # for the processes it starts
             yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved

@@ -23,6 +23,7 @@ from pathlib import Path
 from flwr.server import SimpleClientManager
 
 from ..errors import MedTransferError
+from ..runs import temporary_environ
 from . import QUIET_ENV
 from .client import simulation_client_fn
 from .schedule import Schedule
@@ -59,13 +60,8 @@ def run_simulation(schedule: Schedule, sites: list[SiteData]) -> None:
         raise MedTransferError("the simulation engine needs Ray, which is not installed: pip install "
                                "'medtransfer[federated]' (Flower's simulation extra), or use engine: grpc")
     loopback = "ray" not in sys.modules and LOOPBACK_RAY not in os.environ
-    if loopback:
-        os.environ[LOOPBACK_RAY] = "0"
-    try:
+    with temporary_environ({LOOPBACK_RAY: "0"} if loopback else {}):
         _simulate(schedule, sites)
-    finally:
-        if loopback:
-            os.environ.pop(LOOPBACK_RAY, None)
 
 
 def _simulate(schedule: Schedule, sites: list[SiteData]) -> None:

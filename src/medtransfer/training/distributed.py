@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import MedTransferError
+from ..runs import temporary_environ
 
 RESULT, ERRORS = "result.pt", "error-rank{}.json"
 _world: dict = {}  # inside a launched process: {"fabric": the launcher's Fabric, "scratch": Path}
@@ -127,17 +128,11 @@ def rendezvous(num_nodes: int, free_port: Callable[[], int]):
     """One node: a fresh local port for this launch (Fabric reads MASTER_PORT, and a later launch in the
     same process must not inherit this one's); the caller's environment is restored afterwards. Several
     nodes: the MASTER_* variables the user set (`check_devices`)."""
-    saved = {name: os.environ.get(name) for name in ("MASTER_ADDR", "MASTER_PORT")}
-    if num_nodes == 1:
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(free_port())
-    try:
+    if num_nodes > 1:
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        return
+    with temporary_environ({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}):
+        yield
 
 
 def worker(fabric, function: Callable, scratch: Path) -> None:
