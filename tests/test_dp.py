@@ -96,6 +96,29 @@ def test_an_empty_poisson_batch_is_a_noise_only_step():
     assert private.steps == 1 and not torch.equal(before, model.weight.detach())  # noise moved it
 
 
+def test_fits_sharing_a_schedule_spend_the_budget_of_one_fit_together():
+    """A federated site's rounds: each fit is charged the epochs before it, all share one noise multiplier
+    (calibrated for every planned epoch), and after the last the spent epsilon is the single fit's."""
+    from medtransfer.training.privacy import DPSchedule
+
+    dp = DPConfig(epsilon=2)
+    whole = PrivateTraining(dp, n=200, batch_size=32, steps_per_epoch=7, epochs=6)
+    whole.steps = 42
+    rounds = [PrivateTraining(dp, n=200, batch_size=32, steps_per_epoch=7, epochs=2,
+                              schedule=DPSchedule(planned_epochs=6, epochs_before=2 * r)) for r in range(3)]
+    assert {p.noise_multiplier for p in rounds} == {whole.noise_multiplier}
+    alone = PrivateTraining(dp, n=200, batch_size=32, steps_per_epoch=7, epochs=2)
+    assert alone.noise_multiplier < whole.noise_multiplier  # 14 steps need less noise than 42
+    spent = []
+    for private in rounds:
+        private.steps = 14  # every step of the round taken
+        spent.append(private.record())
+    assert [r["steps"] for r in spent] == [14, 28, 42] and spent[1]["steps_before"] == 14
+    epsilons = [r["epsilon_spent"] for r in spent]
+    assert epsilons[0] < epsilons[1] < epsilons[2]
+    assert epsilons[2] == pytest.approx(whole.record()["epsilon_spent"]) == pytest.approx(2, abs=TOLERANCE)
+
+
 @pytest.mark.skipif(not (ECG / "ECG200_TRAIN.tsv").is_file(), reason=f"ECG200 not found in {ECG}")
 def test_batchnorm_becomes_groupnorm_and_the_checkpoint_rebuilds_it(tmp_path):
     run = tmp_path / "ecg"

@@ -1,6 +1,6 @@
 """Federated transfer with Flower on the four built-in heart hospitals.
 
-One tiny FedAdam run in Flower's simulation engine (Ray) and the same run with one client process per site
+One tiny FedAdam run, without DP and with DP-SGD at every site, in Flower's simulation engine (Ray) and the same run with one client process per site
 over gRPC on 127.0.0.1 (module fixture: Ray and the client processes start once each; FedAdam, since its
 server optimiser carries state from round to round): the simulation writes its report, the real processes
 give the same weights and predictions, and what the clients sent holds weights, aggregate statistics and
@@ -33,7 +33,10 @@ epochs: 2
 personalise_epochs: 2
 seeds: [3]
 n_boot: 20
+dp: [none, "epsilon=3"]
 """
+EPSILON = 3
+TOLERANCE = 0.02  # the PRV accountant's estimate, within Opacus's eps_error
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +56,15 @@ def test_simulation_writes_results_and_report(runs):
     simulation, _ = runs
     out = simulation.out
     results = pd.read_csv(out / "results.csv")
-    methods = {"local", "pooled", "fedadam", "fedadam+personalised"}
+    methods = {"local", "pooled", "fedadam", "fedadam+personalised", "fedadam · DP ε=3",
+               "fedadam+personalised · DP ε=3"}
     assert set(results["method"]) == methods
     assert len(results) == len(methods) * len(SITES)  # one row per site x method x seed
     assert results[["auc", "acc_at_0.5", "acc"]].apply(lambda c: c.between(0, 1)).all().all()
     report = (out / "report.md").read_text()
     assert "FLamby" in report and "0.685" in report and all(f"### {site}" in report for site in SITES)
     assert "Δ AUC vs local" in report and "Δ AUC vs pooled" in report
+    assert "Privacy-utility curve" in report and "| fedadam | ε=3 |" in report
     assert '<img class="plot"' in (out / "report.html").read_text()  # the validation-loss plot, embedded
     summary = json.loads((out / "federation.json").read_text())
     assert summary["engine"] == "simulation" and summary["encoding"] == "federated statistics"
@@ -67,6 +72,30 @@ def test_simulation_writes_results_and_report(runs):
     import medtransfer as mt
     predicted = mt.predict(out / "models" / "fedadam-seed3", "heart:va")  # a federated model is an ordinary run
     assert len(predicted) > 0
+    assert len(mt.predict(out / "models" / "fedadam-dp-epsilon-3-seed3", "heart:va")) == len(predicted)
+
+
+def test_dp_sites_spend_at_most_the_target_epsilon_over_all_their_training(runs):
+    """Every DP site's accountant: the rounds the server saw spend part of the budget, the personalisation
+    the rest; the plain federation records none; results.csv, federation.json and model.json say so."""
+    simulation, grpc = runs
+    plain, private = simulation.federations
+    assert plain.privacy == {} and private.dp == "epsilon=3" and set(private.privacy) == set(SITES)
+    for site in SITES:
+        rounds, personalised = private.privacy[site], private.personalised_privacy[site]
+        n = len(SiteData(site).load().train)
+        steps_per_epoch = -(-n // 32)  # ceil: the default batch of 32
+        assert rounds["steps"] == 2 * steps_per_epoch and rounds["planned_steps"] == 4 * steps_per_epoch
+        assert rounds["n_private"] == n and rounds["noise_multiplier"] == personalised["noise_multiplier"]
+        assert 0 < rounds["epsilon_spent"] < personalised["epsilon_spent"] <= EPSILON + TOLERANCE
+        assert personalised["steps_before"] == 2 * steps_per_epoch
+    results = simulation.results
+    dp_rows = results[results["dp"] == "epsilon=3"]
+    assert len(dp_rows) == 2 * len(SITES) and dp_rows["epsilon"].between(0, EPSILON + TOLERANCE).all()
+    assert results.loc[results["dp"] == "none", "epsilon"].isna().all()
+    meta = json.loads((simulation.out / "models" / "fedadam-dp-epsilon-3-seed3" / "model.json").read_text())
+    assert meta["provenance"]["dp"]["heart:va"]["epsilon_spent"] == private.privacy["heart:va"]["epsilon_spent"]
+    assert grpc.federations[1].privacy == private.privacy  # the client processes count the same steps
 
 
 def test_client_processes_over_grpc_match_the_simulation(runs):
@@ -90,15 +119,17 @@ def test_clients_send_weights_statistics_and_probabilities_never_rows(runs):
         assert steps == {"statistics", "train", "validate", "personalise"}
         for entry in result.received:
             data = sites[entry["site"]]
-            if entry["step"] == "train":
-                assert entry["arrays"] == shapes and entry["metrics"] == ["site", "train_loss"]
+            if entry["step"] == "train":  # with DP: the accountant's record too
+                assert entry["arrays"] == shapes and entry["metrics"] in (["site", "train_loss"],
+                                                                          ["dp", "site", "train_loss"])
             elif entry["step"] == "statistics":
                 assert entry["arrays"] == [] and entry["metrics"] == ["site", "statistics"]
             elif entry["step"] == "validate":
                 assert entry["arrays"] == [] and entry["metrics"] == ["site"]
             else:  # class probabilities of the global and the personalised model, one row per patient
                 split = [[len(data.val), 2], [len(data.test), 2]]
-                assert entry["arrays"] == split * 2 and entry["metrics"] == ["personalised_epoch", "site"]
+                assert entry["arrays"] == split * 2 and entry["metrics"] in (["personalised_epoch", "site"],
+                                                                             ["dp", "personalised_epoch", "site"])
         for stats in result.summary["statistics"]:  # what the statistics messages held, as sent
             assert set(stats) == set(STATISTICS_KEYS) and stats["n"] == len(sites[stats["site"]].train)
             assert all(len(v) == 3 for v in stats["numeric"].values())  # count, mean, squared deviations
@@ -156,6 +187,8 @@ def test_merged_encoding_is_the_pooled_training_rows_statistics():
     ("name: x\nsites: [heart:va, csv:a.csv]\n", "target_column"),
     ("name: x\nsites: [heart:va, heart:hungary]\nbackbone: resnet18\n", "resnet18"),
     ("name: x\nsites: [heart:va, heart:hungary]\nround: 3\n", "unknown key 'round'"),
+    ("name: x\nsites: [heart:va, heart:hungary]\ndp: [none, epsilon=1]\n", "fedprox cannot train with dp"),
+    ("name: x\nsites: [heart:va, heart:hungary]\nstrategies: [fedavg]\ndp: epsilon=-1\n", "epsilon must be"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"

@@ -107,21 +107,11 @@ class ExperimentConfig(BaseModel):
     @classmethod
     def dp_levels(cls, levels) -> list[str]:
         """Each entry a --dp value (or none), checked now; kept as written, since it names the cells."""
-        from ..training.privacy import parse_dp
-        levels = levels if isinstance(levels, list) else [levels]
-        if not levels:
-            raise ValueError(f"dp needs at least one entry, e.g. [{DP_NONE}, \"epsilon=1\"]")
-        out = []
-        for level in levels:
-            text = DP_NONE if level is None else str(level).strip()
-            try:
-                parse_dp(text, flag="dp")
-            except MedTransferError as exc:
-                raise ValueError(str(exc)) from None
-            out.append(DP_NONE if text.lower() == DP_NONE else text)
-        if len(set(out)) < len(out):
-            raise ValueError("dp lists the same entry twice")
-        return out
+        from ..training.privacy import dp_levels
+        try:
+            return dp_levels(levels)
+        except MedTransferError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("seeds")
     @classmethod

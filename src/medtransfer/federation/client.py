@@ -8,6 +8,14 @@ What it sends back, by the `phase` the server puts in each instruction:
   split, the global weights kept when no epoch beats them), and the class probabilities of the global and
   the personalised model on its validation and test splits. The personalised weights stay at the site.
 `evaluate` returns the validation loss of the global weights: the server picks the round with the lowest.
+
+With a dp level, every training of the site's rows is DP-SGD (Opacus) under one guarantee: the noise is
+calibrated for all of them (rounds x local epochs, then the personalisation epochs), each round is charged
+the rounds before it, and the client sends its accountant's record with the weights ("dp" in the metrics).
+So the federated model the server saw after every round, and the personalised model, are each within the
+target epsilon for the site's training examples. Not covered, as in `training/privacy.py`: the validation
+split (round selection, early stopping, threshold), the statistics round, and the probabilities sent for
+the report.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from flwr.client import NumPyClient
 from ..data.tabular import TabularEncoder
 from ..errors import MedTransferError
 from ..training.loop import fit
+from ..training.privacy import DPSchedule, parse_dp
 from .model import build_model, load_arrays, local_seed, log_loss, probabilities, to_arrays, train_config
 from .sites import SiteData, cached_load, site_statistics
 
@@ -67,10 +76,12 @@ class SiteClient(NumPyClient):
                                     float(config["weight_decay"]),
                                     local_seed(int(config["seed"]), int(config["round"]), self.site.spec))
             mu = float(config.get("proximal_mu", 0.0))
+            before = (int(config["round"]) - 1) * int(config["epochs"])
             result = fit(model, groups, data.train, data.val, data.task, "tabular", settings,
-                         extra_loss=proximal_term(model, mu) if mu > 0 else None, score_fn=no_monitor)
-            return to_arrays(model), len(data.train), {"site": self.site.spec,
-                                                       "train_loss": float(result.history[-1]["train_loss"])}
+                         extra_loss=proximal_term(model, mu) if mu > 0 else None, score_fn=no_monitor,
+                         **private(config, before))
+            metrics = {"site": self.site.spec, "train_loss": float(result.history[-1]["train_loss"])}
+            return to_arrays(model), len(data.train), {**metrics, **privacy_metric(result)}
         if phase == "personalise":
             arrays = [probabilities(model, data.val, data.task), probabilities(model, data.test, data.task)]
             metrics = {"site": self.site.spec}
@@ -79,9 +90,11 @@ class SiteClient(NumPyClient):
                 settings = train_config(epochs, float(config["personalise_lr"]), int(config["batch_size"]),
                                         float(config["weight_decay"]),
                                         local_seed(int(config["seed"]), 0, self.site.spec), int(config["patience"]))
-                result = fit(model, groups, data.train, data.val, data.task, "tabular", settings)
+                before = int(config["rounds"]) * int(config["epochs"])
+                result = fit(model, groups, data.train, data.val, data.task, "tabular", settings,
+                             **private(config, before))
                 arrays += [probabilities(model, data.val, data.task), probabilities(model, data.test, data.task)]
-                metrics["personalised_epoch"] = int(result.best_epoch)
+                metrics.update(personalised_epoch=int(result.best_epoch), **privacy_metric(result))
             return arrays, len(data.train), metrics
         raise MedTransferError(f"unknown federated phase {phase!r} (statistics, train or personalise)")
 
@@ -89,6 +102,21 @@ class SiteClient(NumPyClient):
         data = self.data(config)
         prob = probabilities(self.model(parameters, config, data), data.val, data.task)
         return log_loss(data.val.y.numpy(), prob), len(data.val), {"site": self.site.spec}
+
+
+def private(config, epochs_before: int) -> dict:
+    """fit's DP arguments for the instruction's dp level: none, or DP-SGD whose noise is calibrated for every
+    epoch the site trains in the run, `epochs_before` of them already taken."""
+    dp = parse_dp(config.get("dp"), flag="dp")
+    if dp is None:
+        return {}
+    planned = int(config["rounds"]) * int(config["epochs"]) + int(config["personalise_epochs"])
+    return {"dp": dp, "dp_schedule": DPSchedule(planned, epochs_before)}
+
+
+def privacy_metric(result) -> dict:
+    """The accountant's record, as a Flower metric (a JSON string), when the fit was private."""
+    return {"dp": json.dumps(result.dp)} if result.dp is not None else {}
 
 
 def simulation_client_fn(sites: list[SiteData]):

@@ -41,6 +41,8 @@ class FederatedConfig(BaseModel):
     source: str | None = None  # a run folder or a tabular source dataset: its encoding and weights start the run
     source_epochs: int | None = Field(None, ge=1)
     engine: Literal["simulation", "grpc"] = "simulation"
+    # DP-SGD at every site (Opacus), one federation per level: none, "epsilon=1", ... (the --dp syntax)
+    dp: list[str] = ["none"]
     target_column: str | None = None  # csv: sites
     group_column: str | None = None
     id_column: str | None = None
@@ -96,6 +98,15 @@ class FederatedConfig(BaseModel):
         except MedTransferError as exc:
             raise ValueError(str(exc).replace(" (option --threshold)", "")) from None
 
+    @field_validator("dp", mode="before")
+    @classmethod
+    def dp_levels(cls, levels) -> list[str]:
+        from ..training.privacy import dp_levels
+        try:
+            return dp_levels(levels)
+        except MedTransferError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("seeds")
     @classmethod
     def seed_list(cls, seeds) -> list[int]:
@@ -105,6 +116,14 @@ class FederatedConfig(BaseModel):
     def csv_needs_target(self):
         if any(s.startswith("csv:") for s in self.sites) and not self.target_column:
             raise ValueError("csv: sites need target_column, the label column every site's table has")
+        return self
+
+    @model_validator(mode="after")
+    def private_strategies(self):
+        from ..training.privacy import NONE
+        if "fedprox" in self.strategies and any(level != NONE for level in self.dp):
+            raise ValueError("fedprox cannot train with dp: its proximal term adds a gradient DP-SGD's per-example "
+                             "clipping does not see; use strategies [fedavg, fedadam] with dp")
         return self
 
     @property

@@ -23,6 +23,7 @@ from ..pipeline.source import load_source_data, resolve_source, source_encoder
 from ..progress import SILENT, Progress
 from ..runs import check_writable, commit_dir, default_run_dir, staging_dir, write_json
 from ..strategies import get_strategy
+from ..training.privacy import NONE
 from . import references
 from .config import FederatedConfig
 from .engines import ENGINES
@@ -31,9 +32,6 @@ from .references import Start
 from .schedule import Federation, Schedule
 from .scoring import score
 from .sites import SiteData
-
-PERSONALISED = "+personalised"  # a federated method's name after each site's fine-tuning
-
 
 @dataclass
 class FederatedResult:
@@ -64,11 +62,13 @@ def run_federated(config: FederatedConfig, config_text: str = "", out: str | Pat
                       ("youden" if first.task == "binary" else None), first.task)
     start, encoder, source_note = resolve_start(config, sites[0], first)
 
-    federations = [Federation(name, seed) for name in config.strategies for seed in config.seeds]
+    federations = [Federation(name, seed, level) for name in config.strategies for level in config.dp
+                   for seed in config.seeds]
     settings = {"epochs": config.local_epochs, "lr": config.lr, "batch_size": config.batch_size,
                 "weight_decay": config.weight_decay, "personalise_epochs": config.personalise_epochs,
                 "personalise_lr": config.personalise_lr or config.lr, "patience": config.patience,
-                "proximal_mu": config.proximal_mu, "server_lr": config.server_lr, "server_tau": config.server_tau}
+                "proximal_mu": config.proximal_mu, "server_lr": config.server_lr, "server_tau": config.server_tau,
+                "rounds": config.rounds}
     steps = (0 if encoder is not None else 1) + len(federations) * (config.rounds + 1)
     bar = progress.start(f"federated ({engine})", total=steps)
     schedule = Schedule([s.spec for s in sites], federations, config.rounds, settings, start, encoder, bar)
@@ -82,10 +82,14 @@ def run_federated(config: FederatedConfig, config_text: str = "", out: str | Pat
     datasets = {site.spec: site.load(encoder) for site in sites}
     predictions = {**reference_predictions(config, datasets, start, encoder, progress),
                    **federated_predictions(federations)}
+    privacy = federated_privacy(federations)
     rows, frames = [], []
     for (method, seed), per_site in predictions.items():
         for site, (val_prob, test_prob) in per_site.items():
             row, frame = score(site, method, seed, datasets[site], positive, rule, val_prob, test_prob, config.n_boot)
+            level, record = privacy.get((method, seed), {}).get(site, (NONE, None))
+            row.update(dp=level, epsilon=record["epsilon_spent"] if record else None,
+                       delta=record["delta"] if record else None)
             rows.append(row)
             frames.append(frame)
     summary = {
@@ -96,9 +100,11 @@ def run_federated(config: FederatedConfig, config_text: str = "", out: str | Pat
         "encoding": "source" if config.source else "federated statistics", "encoder": encoder.to_dict(),
         "statistics": schedule.statistics, "classes": first.classes,
         "positive": positive.name if positive is not None else None, "threshold_rule": rule, "n_boot": config.n_boot,
-        "federations": [{"strategy": f.strategy, "seed": f.seed, "selected_round": f.best_round,
-                         "selected_val_loss": f.best_loss, "history": f.history,
-                         "personalised_epoch": f.personalised_epoch} for f in federations],
+        "dp": config.dp,
+        "federations": [{"strategy": f.strategy, "seed": f.seed, "dp": f.dp, "method": f.method(),
+                         "selected_round": f.best_round, "selected_val_loss": f.best_loss, "history": f.history,
+                         "personalised_epoch": f.personalised_epoch, "privacy": f.privacy,
+                         "personalised_privacy": f.personalised_privacy} for f in federations],
         "seconds": {"federated": round(federated_seconds, 1), "total": round(time.perf_counter() - started, 1)},
         "versions": {**versions(), **flower_versions()},
     }
@@ -113,9 +119,20 @@ def federated_predictions(federations: list[Federation]) -> dict:
     out = {}
     for federation in federations:
         for site, arrays in federation.predictions.items():
-            out.setdefault((federation.strategy, federation.seed), {})[site] = (arrays[0], arrays[1])
+            out.setdefault((federation.method(), federation.seed), {})[site] = (arrays[0], arrays[1])
             if len(arrays) == 4:
-                out.setdefault((federation.strategy + PERSONALISED, federation.seed), {})[site] = (arrays[2], arrays[3])
+                out.setdefault((federation.method(True), federation.seed), {})[site] = (arrays[2], arrays[3])
+    return out
+
+
+def federated_privacy(federations: list[Federation]) -> dict:
+    """(method, seed) -> {site: (dp level, the site's DP-SGD record or None)} of each federated model and its
+    personalised form."""
+    out = {}
+    for federation in federations:
+        for personalised, records in ((False, federation.privacy), (True, federation.personalised_privacy)):
+            out[federation.method(personalised), federation.seed] = {
+                site: (federation.dp, records.get(site)) for site in federation.predictions}
     return out
 
 
@@ -192,9 +209,10 @@ def write_folder(result: FederatedResult, config_text: str, first: TaskDataset, 
         load_arrays(model, federation.weights())
         provenance = {"method": f"federated {federation.strategy} (Flower)", "sites": result.summary["sites"],
                       "seed": federation.seed, "rounds": result.summary["rounds"],
-                      "selected_round": federation.best_round, "versions": result.summary["versions"]}
+                      "selected_round": federation.best_round, "versions": result.summary["versions"],
+                      **({"dp": federation.privacy} if federation.privacy else {})}  # site -> its accountant's
         extra = {"positive": result.summary["positive"]} if result.summary["positive"] else {}
-        save_checkpoint(stage / "models" / f"{federation.strategy}-seed{federation.seed}", model, first.task,
+        save_checkpoint(stage / "models" / federation.folder, model, first.task,
                         first.classes, result.encoder.to_dict(), provenance, extra=extra)
     commit_dir(stage, result.out)
 

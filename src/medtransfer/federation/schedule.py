@@ -14,6 +14,7 @@ the same order whichever client answered first.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,14 +25,19 @@ from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
 from ..data.tabular import TabularEncoder
 from ..errors import MedTransferError
 from ..progress import Task
+from ..training.privacy import NONE, parse_dp
 from .sites import merge_statistics
+
+
+PERSONALISED = "+personalised"  # a federated method's name after each site's fine-tuning
 
 
 @dataclass
 class Federation:
-    """One (strategy, seed) federation and what it produced."""
+    """One (strategy, dp level, seed) federation and what it produced."""
     strategy: str
     seed: int
+    dp: str = NONE  # the config's dp level (a --dp value) every site trains under, or none
     flower: Strategy | None = None  # Flower's strategy object, built once the encoding is known
     parameters: Parameters | None = None
     best_round: int = 0
@@ -40,10 +46,23 @@ class Federation:
     history: list[dict] = field(default_factory=list)  # per round: train loss, validation loss (site-weighted)
     predictions: dict[str, list[np.ndarray]] = field(default_factory=dict)  # site -> [val, test(, val, test)]
     personalised_epoch: dict[str, int] = field(default_factory=dict)
+    privacy: dict[str, dict] = field(default_factory=dict)  # site -> its DP-SGD record after the last round
+    personalised_privacy: dict[str, dict] = field(default_factory=dict)  # site -> after its personalisation
+
+    def method(self, personalised: bool = False) -> str:
+        """The name in results.csv and the report: fedavg, fedavg+personalised, fedavg · DP ε=1, ..."""
+        dp = parse_dp(self.dp, flag="dp")
+        return self.strategy + (PERSONALISED if personalised else "") + (f" · DP {dp.label()}" if dp else "")
 
     @property
     def name(self) -> str:
-        return f"{self.strategy}/seed{self.seed}"
+        return f"{self.method()}/seed{self.seed}"
+
+    @property
+    def folder(self) -> str:
+        """Its checkpoint folder's name: fedavg-seed0, fedavg-dp-epsilon-1-seed0."""
+        level = "" if self.dp == NONE else "-dp-" + re.sub(r"[^A-Za-z0-9.]+", "-", self.dp).strip("-")
+        return f"{self.strategy}{level}-seed{self.seed}"
 
     def weights(self) -> list[np.ndarray]:
         return parameters_to_ndarrays(self.best_parameters)
@@ -84,7 +103,7 @@ class Schedule(Strategy):
     """See the module docstring. `initial(seed, encoder) -> (architecture, arrays)` gives each federation's
     starting model; `encoder` given (a source's) skips the statistics round; `settings` are the training
     settings sent to the clients (epochs, lr, batch_size, weight_decay, personalise_epochs, personalise_lr,
-    patience) and the strategies' own (proximal_mu, server_lr, server_tau)."""
+    patience, rounds) and the strategies' own (proximal_mu, server_lr, server_tau)."""
 
     def __init__(self, sites: list[str], federations: list[Federation], rounds: int, settings: dict,
                  initial: Callable, encoder: TabularEncoder | None = None, progress: Task | None = None):
@@ -136,8 +155,10 @@ class Schedule(Strategy):
             federation.predictions = arrays
             federation.personalised_epoch = {self.site(res): res.metrics["personalised_epoch"] for _, res in results
                                              if "personalised_epoch" in res.metrics}
+            federation.personalised_privacy = privacy_records(results, self.site)
             self.progress.update(advance=1)
             return None, {}
+        federation.privacy.update(privacy_records(results, self.site))  # the last round's: all rounds spent
         federation.parameters, metrics = federation.flower.aggregate_fit(r, results, [])
         federation.history.append({"round": r, "train_loss": metrics.get("train_loss")})
         return federation.parameters, metrics
@@ -176,8 +197,10 @@ class Schedule(Strategy):
 
     def config(self, phase: str, federation: Federation, round_: int) -> dict:
         """The instruction's config: the phase, the shared encoding and architecture, the training settings."""
-        keys = ("epochs", "lr", "batch_size", "weight_decay", "personalise_epochs", "personalise_lr", "patience")
-        return {"phase": phase, "round": round_, "seed": federation.seed, "encoder": json.dumps(self.encoder.to_dict()),
+        keys = ("epochs", "lr", "batch_size", "weight_decay", "personalise_epochs", "personalise_lr", "patience",
+                "rounds")
+        return {"phase": phase, "round": round_, "seed": federation.seed, "dp": federation.dp,
+                "encoder": json.dumps(self.encoder.to_dict()),
                 "architecture": json.dumps(self.architecture), **{k: self.settings[k] for k in keys}}
 
     def site(self, res) -> str:
@@ -209,3 +232,8 @@ class Schedule(Strategy):
         if kind == "personalise":
             return f"{federation.name}: personalisation at each site"
         return f"{federation.name}: round {r}"
+
+
+def privacy_records(results, site) -> dict[str, dict]:
+    """site -> the DP-SGD record its client sent (`PrivateTraining.record`), for the sites that trained with DP."""
+    return {site(res): json.loads(res.metrics["dp"]) for _, res in results if "dp" in res.metrics}

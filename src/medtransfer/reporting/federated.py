@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from ..evaluation.metrics import auc_paired_difference, auc_paired_mean_ci
 from ..runs import read_json
+from ..training.privacy import NONE, parse_dp
 from .blocks import Block, Bullets, Heading, Paragraph, Plot, Table, png, to_html, to_markdown
 from .experiment import format_ci, format_p, rate_mean_ci
 
@@ -54,8 +55,8 @@ def methods_in_order(results: pd.DataFrame) -> list[str]:
 def federated_blocks(summary: dict, results: pd.DataFrame, predictions: pd.DataFrame, seed: int = 0) -> list[Block]:
     n_boot = int(summary.get("n_boot", 1000))
     stats = {site: site_stats(site, results, predictions, summary, n_boot, seed) for site in summary["sites"]}
-    return [*setup(summary, results), *overview(summary, results, stats), Heading("Per site"),
-            *[b for site in summary["sites"] for b in site_section(site, stats[site], summary)],
+    return [*setup(summary, results), *overview(summary, results, stats), *privacy_utility(summary, results, stats),
+            Heading("Per site"), *[b for site in summary["sites"] for b in site_section(site, stats[site], summary)],
             *federations(summary)]
 
 
@@ -84,8 +85,26 @@ def setup(summary: dict, results: pd.DataFrame) -> list[Block]:
         "this report, also each site's validation and test probabilities. Never a row.",
         f"Positive class {summary['positive']!r}; operating point {summary['threshold_rule']} chosen on each site's "
         "validation split. Accuracy at 0.5 is reported as well, for FLamby's comparison.",
+        *privacy_setup(summary),
         f"Wall time: {seconds['federated']:.0f} s for the Flower run, {seconds['total']:.0f} s in all.",
     ])]
+
+
+def private_levels(summary: dict) -> list[str]:
+    return [level for level in summary.get("dp", []) if level != NONE]
+
+
+def privacy_setup(summary: dict) -> list[str]:
+    levels = private_levels(summary)
+    if not levels:
+        return []
+    return [f"Differential privacy: each site trains with DP-SGD (Opacus) at {', '.join(levels)} (one federation "
+            "per level, beside those without DP). A site's noise is calibrated for every epoch its rows train in "
+            "(rounds x local epochs, then personalisation); each spent ε is the site's PRV accountant after the "
+            "rounds the server saw (federated model) or after its personalisation (personalised model). Covered: "
+            "each site's training examples. Not covered: the validation split (round selection, early stopping, "
+            "operating point), the statistics round (shared encoding), the probabilities sent for this report, and "
+            "the local-only and pooled references, which train without DP."]
 
 
 def site_stats(site: str, results: pd.DataFrame, predictions: pd.DataFrame, summary: dict, n_boot: int,
@@ -145,6 +164,61 @@ def overview(summary: dict, results: pd.DataFrame, stats: dict) -> list[Block]:
                    "FLamby accuracy at 0.5"], rows)]
 
 
+def privacy_utility(summary: dict, results: pd.DataFrame, stats: dict) -> list[Block]:
+    """Mean-over-sites test AUC and accuracy of each federated method at each dp level, beside its run
+    without DP, with the accountants' spent ε; and the curve. Only for runs with DP federations."""
+    if not private_levels(summary) or "dp" not in results:
+        return []
+    levels = results.drop_duplicates("method").set_index("method")["dp"].fillna(NONE).to_dict()
+    curves: dict[str, list] = {}  # method without DP -> [(target epsilon or None, level label, method)]
+    for method in methods_in_order(results):
+        if method in REFERENCES:
+            continue
+        dp = parse_dp(levels.get(method, NONE), flag="dp")
+        base = method.replace(f" · DP {dp.label()}", "") if dp else method
+        curves.setdefault(base, []).append((dp.epsilon if dp else None, dp.label() if dp else "no DP", method))
+    rows = []
+    for base, entries in curves.items():
+        entries.sort(key=lambda e: (e[0] is None, e[0] or 0))
+        for target, label, method in entries:
+            per_site = [stats[s][method] for s in summary["sites"] if method in stats[s]]
+            spent = results.loc[results["method"] == method, "epsilon"].astype(float)
+            rows.append([base, label, f"{spent.max():.3f}" if target is not None else "∞",
+                         f"{np.mean([s['auc']['value'] for s in per_site]):.3f}",
+                         f"{np.mean([s['acc_half']['value'] for s in per_site]):.3f}"])
+    refs = {ref: np.mean([stats[s][ref]["auc"]["value"] for s in summary["sites"] if ref in stats[s]])
+            for ref in ("local", "pooled") if any(ref in stats[s] for s in summary["sites"])}
+    return [Heading("Privacy-utility curve (DP-SGD at every site)"),
+            Paragraph("Mean over sites of each site's seed-mean test AUC and accuracy at 0.5, per target ε, beside the "
+                      "same federated method without DP. Spent ε: the largest over sites and seeds of the accountant's "
+                      "epsilon (δ per site as in federation.json); local-only and pooled (no DP) are the references: "
+                      + ", ".join(f"{k} AUC {v:.3f}" for k, v in refs.items()) + "."),
+            Plot(privacy_png(curves, stats, summary, refs), "privacy-utility curve: mean test AUC over sites vs ε"),
+            Table(["method", "DP", "spent ε (max)", "AUC (mean over sites)", "accuracy at 0.5"], rows)]
+
+
+def privacy_png(curves: dict, stats: dict, summary: dict, refs: dict) -> str:
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
+    for i, (base, entries) in enumerate(curves.items()):
+        def mean_auc(method):
+            return np.mean([stats[s][method]["auc"]["value"] for s in summary["sites"] if method in stats[s]])
+        points = [(target, mean_auc(method)) for target, _, method in entries if target is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", ms=4, color=f"C{i}", label=base)
+        for target, _, method in entries:
+            if target is None:
+                ax.axhline(mean_auc(method), color=f"C{i}", ls=":", lw=1, label=f"{base}, no DP")
+    for (name, value), style in zip(refs.items(), ("--", "-.")):
+        ax.axhline(value, color="grey", ls=style, lw=1, label=f"{name} (no DP)")
+    ax.set_xscale("log")
+    ax.set(xlabel="target ε (log scale)", ylabel="test AUC, mean over sites", title="Privacy-utility, federated")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)
+
+
 def site_section(site: str, stats: dict, summary: dict) -> list[Block]:
     rows = []
     for method, s in stats.items():
@@ -164,18 +238,26 @@ def site_section(site: str, stats: dict, summary: dict) -> list[Block]:
 
 def federations(summary: dict) -> list[Block]:
     feds = summary["federations"]
-    rows = [[f["strategy"], str(f["seed"]), str(f["selected_round"]), f"{f['selected_val_loss']:.4f}",
-             ", ".join(f"{k.split(':')[-1]} {v}" for k, v in f["personalised_epoch"].items()) or "–"] for f in feds]
+    rows = [[f.get("method", f["strategy"]), str(f["seed"]), str(f["selected_round"]), f"{f['selected_val_loss']:.4f}",
+             ", ".join(f"{k.split(':')[-1]} {v}" for k, v in f["personalised_epoch"].items()) or "–",
+             noise(f.get("privacy") or {})] for f in feds]
     blocks = [Heading("Federations"),
-              Table(["strategy", "seed", "selected round", "validation loss", "personalisation: best epoch per site"],
-                    rows)]
+              Table(["method", "seed", "selected round", "validation loss", "personalisation: best epoch per site",
+                     "DP noise multiplier per site"], rows)]
     fig = Figure(figsize=(6.5, 3.6))
     ax = fig.subplots()
-    for strategy in summary["strategies"]:
-        curves = [[h.get("val_loss", np.nan) for h in f["history"]] for f in feds if f["strategy"] == strategy]
+    for method in dict.fromkeys(f.get("method", f["strategy"]) for f in feds):
+        curves = [[h.get("val_loss", np.nan) for h in f["history"]] for f in feds
+                  if f.get("method", f["strategy"]) == method]
         if curves and curves[0]:
-            ax.plot(range(1, len(curves[0]) + 1), np.nanmean(np.array(curves, dtype=float), axis=0), label=strategy)
+            ax.plot(range(1, len(curves[0]) + 1), np.nanmean(np.array(curves, dtype=float), axis=0), label=method)
     ax.set(xlabel="round", ylabel="validation loss (site-weighted)", title="Federated validation loss, seed mean")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return blocks + [Plot(png(fig), "federated validation loss per round")]
+
+
+def noise(privacy: dict) -> str:
+    """Each site's DP-SGD noise multiplier and sample rate, or – without DP."""
+    return ", ".join(f"{site.split(':')[-1]} {r['noise_multiplier']:.2f} (q {r['sample_rate']:.2f})"
+                     for site, r in privacy.items()) or "–"

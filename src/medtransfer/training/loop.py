@@ -36,7 +36,7 @@ from ..models.inference import predict_proba
 from ..progress import Progress, as_progress
 from . import distributed
 from .augment import augment_batch
-from .privacy import DPConfig, PrivateTraining, check_private_training
+from .privacy import DPConfig, DPSchedule, PrivateTraining, check_private_training
 
 
 @dataclass
@@ -229,7 +229,8 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
         config: TrainConfig, frozen: list[nn.Module] = (), extra_loss: Callable | None = None,
         batch_loss: Callable | None = None, score_fn: Callable | None = None,
         after_step: Callable | None = None, keep_initial: bool = True, score_name: str = "val AUC",
-        progress: Progress | None = None, dp: DPConfig | None = None) -> FitResult:
+        progress: Progress | None = None, dp: DPConfig | None = None,
+        dp_schedule: DPSchedule | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights with the best validation score.
 
     batch_loss(model, xb, yb, generator) -> loss replaces the supervised loss (default: augmentation +
@@ -238,6 +239,8 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
     keep_initial=False logs the score before the first step but never returns the untrained weights.
     progress: where the epochs are reported (default: a bar when config.progress, else nothing).
     dp: train with differential privacy, DP-SGD by Opacus (`training/privacy.py`); FitResult.dp records it.
+    dp_schedule: this fit's place in a longer private training of the same examples (a federated site's
+    rounds): the noise is calibrated for all of it, and FitResult.dp records the epsilon spent so far.
 
     Data parallel (config.devices x config.num_nodes = W > 1, inside `training.distributed.launch`):
     config.batch_size is the *global* batch, as on one device. Every rank draws the same epoch order and
@@ -262,7 +265,7 @@ def fit(model: nn.Module, param_groups: list[dict], train: Split, val: Split, ta
         check_private_training(config, extra_loss, batch_loss, after_step)
         size = min(config.batch_size, len(train))
         steps = max(math.ceil(len(train) / size), config.min_steps_per_epoch)  # as below, for the accountant
-        private = PrivateTraining(dp, len(train), size, steps, config.epochs)
+        private = PrivateTraining(dp, len(train), size, steps, config.epochs, dp_schedule)
         param_groups = private.prepare(model, param_groups)  # BatchNorm -> GroupNorm where it trains
     fabric = make_fabric(config.accelerator, config.precision if private is None else "fp32", config.devices,
                          config.num_nodes)

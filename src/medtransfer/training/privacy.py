@@ -13,6 +13,12 @@ is Opacus's `get_noise_multiplier` for the target epsilon at the planned steps (
 epoch); early stopping can only stop sooner, and what is recorded is the accountant's epsilon after
 the steps actually taken.
 
+Several fits of the same private data under one guarantee (a federated site's rounds, then its
+personalisation) share one `DPSchedule`: the noise is calibrated for the epochs of all of them together,
+and each fit's accountant starts from the steps the earlier ones took, so every fit records the epsilon
+spent so far. The fits then share the noise multiplier and sample rate, so the accountant's history is
+one entry (sigma, q, steps) and the epsilon is a function of the step count alone.
+
 The threat model: the private data are the target's labelled training examples (after the label
 budget). The validation split chooses the epoch (early stopping), the calibration and the threshold;
 it is treated as public, held by the model's developer, and is not covered; nor is the source model
@@ -22,6 +28,7 @@ it is treated as public, held by the model's developer, and is not covered; nor 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import warnings
@@ -59,6 +66,31 @@ class DPConfig:
         extra = ([f"δ={self.delta:g}"] if self.delta is not None else []) + \
             ([f"C={self.clip:g}"] if self.clip != DEFAULT_CLIP else [])
         return ", ".join([f"ε={self.epsilon:g}", *extra])
+
+
+@dataclass(frozen=True)
+class DPSchedule:
+    """One fit's place in a longer private training of the same examples: the noise is calibrated for
+    `planned_epochs` in all (this fit's and the others'), and `epochs_before` were already taken (their
+    steps are charged to this fit's accountant: an upper bound when an earlier fit stopped early)."""
+    planned_epochs: int
+    epochs_before: int = 0
+
+
+def dp_levels(levels, flag: str = "dp") -> list[str]:
+    """A config's dp entry (one --dp value, none, or a list of them) -> the list of levels as written
+    ("none" for no DP), each checked; a repeated level is refused."""
+    levels = levels if isinstance(levels, list) else [levels]
+    if not levels:
+        raise MedTransferError(f"{flag} needs at least one entry, e.g. [{NONE}, \"epsilon=1\"]")
+    out = []
+    for level in levels:
+        text = NONE if level is None else str(level).strip()
+        parse_dp(text, flag=flag)
+        out.append(NONE if text.lower() == NONE else text)
+    if len(set(out)) < len(out):
+        raise MedTransferError(f"{flag} lists the same entry twice")
+    return out
 
 
 def parse_dp(value, flag: str = FLAG) -> DPConfig | None:
@@ -133,19 +165,15 @@ class PrivateTraining:
     """One DP-SGD run inside `fit`: the per-example gradient module, the DP optimizer, the Poisson
     sampler and the accountant. `wrap` before Fabric, `optimizer` after it; `close` when done."""
 
-    def __init__(self, dp: DPConfig, n: int, batch_size: int, steps_per_epoch: int, epochs: int):
-        from opacus.accountants import create_accountant
-        from opacus.accountants.utils import get_noise_multiplier
-
+    def __init__(self, dp: DPConfig, n: int, batch_size: int, steps_per_epoch: int, epochs: int,
+                 schedule: DPSchedule | None = None):
         self.dp, self.n, self.batch_size = dp, n, batch_size
         self.delta = dp.delta_for(n)
         self.sample_rate = batch_size / n
-        self.planned_steps = steps_per_epoch * epochs
-        with quiet_accounting():
-            self.noise_multiplier = get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=self.delta,
-                                                         sample_rate=self.sample_rate, steps=self.planned_steps,
-                                                         accountant=ACCOUNTANT)
-        self.accountant = create_accountant(ACCOUNTANT)
+        schedule = schedule or DPSchedule(epochs)
+        self.planned_steps = steps_per_epoch * schedule.planned_epochs
+        self.steps_before = steps_per_epoch * schedule.epochs_before
+        self.noise_multiplier = noise_multiplier(dp.epsilon, self.delta, self.sample_rate, self.planned_steps)
         self.steps = 0
         self.replaced: dict[str, str] = {}
         self.module = self.dp_optimizer = None
@@ -172,7 +200,7 @@ class PrivateTraining:
 
     def optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """The loop's optimizer (already set up by Fabric) inside a DPOptimizer that clips, adds noise and
-        tells the accountant about every step."""
+        counts every step for the accountant."""
         from opacus.optimizers import DPOptimizer
 
         self.dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.dp.clip,
@@ -181,7 +209,6 @@ class PrivateTraining:
         return self.dp_optimizer
 
     def count_step(self, optimizer) -> None:
-        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         self.steps += 1
 
     def sample(self, generator: torch.Generator) -> torch.Tensor:
@@ -210,16 +237,39 @@ class PrivateTraining:
     def record(self) -> dict:
         """What metrics.json keeps: the guarantee reached (the accountant's epsilon after the steps taken)
         and everything it rests on."""
-        with quiet_accounting():
-            spent = self.accountant.get_epsilon(delta=self.delta) if self.steps else 0.0
+        total = self.steps_before + self.steps
+        spent = spent_epsilon(self.noise_multiplier, self.sample_rate, total, self.delta) if total else 0.0
         return {"epsilon_target": self.dp.epsilon, "epsilon_spent": round(float(spent), 4), "delta": self.delta,
                 "delta_rule": "given" if self.dp.delta is not None else "min(1e-5, 1/(10 n))",
                 "clip": self.dp.clip, "noise_multiplier": round(float(self.noise_multiplier), 4),
                 "sample_rate": round(self.sample_rate, 6), "expected_batch_size": self.batch_size,
-                "n_private": self.n, "steps": self.steps, "planned_steps": self.planned_steps,
+                "n_private": self.n, "steps": total, "planned_steps": self.planned_steps,
+                **({"steps_before": self.steps_before} if self.steps_before else {}),
                 "accountant": ACCOUNTANT, "sampling": "poisson",
                 "mechanism": "DP-SGD (Opacus GradSampleModule + DPOptimizer over the loop's AdamW)",
                 "replaced_modules": self.replaced}  # name -> "BatchNorm1d -> GroupNorm" (Opacus's fixer)
+
+
+@functools.lru_cache(maxsize=256)
+def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """Opacus's noise multiplier for (epsilon, delta) after `steps` steps at `sample_rate` (cached: a
+    federated site asks again every round)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with quiet_accounting():
+        return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                    steps=steps, accountant=ACCOUNTANT)
+
+
+@functools.lru_cache(maxsize=1024)
+def spent_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """The accountant's epsilon after `steps` DP-SGD steps of one noise multiplier and sample rate."""
+    from opacus.accountants import create_accountant
+
+    accountant = create_accountant(ACCOUNTANT)
+    accountant.history = [(noise_multiplier, sample_rate, steps)]  # what `steps` calls of `step` leave
+    with quiet_accounting():
+        return float(accountant.get_epsilon(delta=delta))
 
 
 @contextlib.contextmanager
