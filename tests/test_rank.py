@@ -202,6 +202,7 @@ def write_grid(folder, target="heart:hungary"):
                      val_auc=0.99, val_log_loss=0.1, test_auc=0.1))
     folder.mkdir()
     pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+    (folder / "config.yaml").write_text(f"name: g\nbackbones: [mlp]\ntrain: {{source_epochs: {FAST['source_epochs']}}}\n")
     return folder
 
 
@@ -253,3 +254,6 @@ def test_rank_against_a_grid_takes_the_grids_source_settings_and_refuses_others(
     with pytest.raises(MedTransferError, match="--image-size 64, but .* image size its default"):
         as_grid_ran(RankRequest("heart:hungary", SOURCES, image_size=64), exp)
     assert as_grid_ran(RankRequest("heart:hungary", SOURCES), exp).backbone is None  # two ran: none imposed
+    (exp / "config.yaml").unlink()  # results.csv alone cannot say which source models the grid fine-tuned
+    with pytest.raises(MedTransferError, match="config.yaml is missing or unreadable"):
+        as_grid_ran(RankRequest("heart:hungary", SOURCES), exp)

@@ -149,8 +149,8 @@ def rank(request: RankRequest, write_report=None) -> RankResult:
         check_writable(out, request.overwrite)
     grid = None
     if request.against:
+        grid = grid_aucs(Path(request.against), request.data, request.budget)  # a wrong folder is named first
         request = as_grid_ran(request, Path(request.against))
-        grid = grid_aucs(Path(request.against), request.data, request.budget)
     target = request.loading.load(request.data)
     require_classes(target, request.data)
     n_train = len(apply_budget(target, request.budget, request.seed).train)  # a budget too large fails here
@@ -281,10 +281,12 @@ def as_grid_ran(request: RankRequest, folder: Path) -> RankRequest:
     path = folder / "config.yaml"
     try:
         config = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
         config = None
-    if not isinstance(config, dict):  # results.csv alone (checked next) cannot say how the sources were made
-        return request
+    if not isinstance(config, dict):  # results.csv alone cannot say how the sources were made
+        raise MedTransferError(f"{path} is missing or unreadable: without the experiment's config (image size, "
+                               "source epochs, backbones) the ranked sources may not be the ones it fine-tuned; "
+                               "restore the config.yaml the experiment wrote (--against)")
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     changes = {}
     for name, flag in GRID_SETTINGS:
