@@ -504,7 +504,8 @@ def federated(config: str | Path, out: str | Path | None = None, *, engine: str 
     """Federated transfer with Flower from a YAML (see examples/heart-federated.yaml and docs/federated.md):
     the sites train one model with FedAvg / FedProx / FedAdam (only weights and aggregate statistics leave a
     site's client), each site then fine-tunes it on its own data; local-only, pooled and source references are
-    trained beside. `engine`: "simulation" (Flower's simulation engine on Ray) or "grpc" (one client process per
+    trained beside. The config's `dp` levels (e.g. [none, "epsilon=1"]) add federations trained with DP-SGD at
+    every site, each site's accountant's epsilon recorded. `engine`: "simulation" (Flower's simulation engine on Ray) or "grpc" (one client process per
     site over gRPC on 127.0.0.1); default: the config's. Writes results.csv, predictions.csv, federation.json,
     the federated models and (unless report=False) report.html / report.md into `out` (default
     federated/<name>). Returns a `medtransfer.federation.FederatedResult`."""

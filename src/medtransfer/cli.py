@@ -566,8 +566,9 @@ def federated(config: Path = typer.Argument(..., help="federated YAML (see examp
               overwrite: bool = OVERWRITE, quiet: bool = QUIET):
     """Federated transfer with Flower: the sites train one model together (FedAvg, FedProx, FedAdam; only weights
     and aggregate statistics leave a site), each then fine-tunes it on its own data; compared per site with
-    local-only, pooled and source models. Writes results.csv, predictions.csv, the federated models and
-    report.html / report.md (docs/federated.md).
+    local-only, pooled and source models. The config's `dp` levels add federations with DP-SGD at every site
+    (Opacus; each site's spent epsilon in results.csv) and a privacy-utility curve. Writes results.csv,
+    predictions.csv, the federated models and report.html / report.md (docs/federated.md).
 
     Example: medtransfer federated examples/heart-federated.yaml --out federated/heart
     """

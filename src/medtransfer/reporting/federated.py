@@ -212,6 +212,9 @@ def privacy_png(curves: dict, stats: dict, summary: dict, refs: dict) -> str:
     for (name, value), style in zip(refs.items(), ("--", "-.")):
         ax.axhline(value, color="grey", ls=style, lw=1, label=f"{name} (no DP)")
     ax.set_xscale("log")
+    targets = sorted({t for entries in curves.values() for t, _, _ in entries if t is not None})
+    ax.set_xticks(targets, [f"{t:g}" for t in targets])
+    ax.minorticks_off()
     ax.set(xlabel="target ε (log scale)", ylabel="test AUC, mean over sites", title="Privacy-utility, federated")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
