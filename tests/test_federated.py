@@ -229,10 +229,13 @@ def test_a_source_model_fixes_the_encoding_and_starts_every_model():
     assert predictions["heart:va"][1].shape == (len(datasets["heart:va"].test), 2)
 
 
-def test_the_example_config_loads():
+def test_the_example_configs_load():
     from pathlib import Path
-    config, _ = load_federated_config(Path(__file__).parent.parent / "examples" / "heart-federated.yaml")
+    examples = Path(__file__).parent.parent / "examples"
+    config, _ = load_federated_config(examples / "heart-federated.yaml")
     assert len(config.sites) == 4 and config.strategies == ["fedavg", "fedprox", "fedadam"]
+    config, _ = load_federated_config(examples / "heart-federated-dp.yaml")
+    assert config.dp == ["none", "epsilon=0.5", "epsilon=1", "epsilon=3", "epsilon=8"]
 
 
 def test_every_config_strategy_is_a_flower_strategy():
