@@ -108,10 +108,7 @@ class ExperimentConfig(BaseModel):
     def dp_levels(cls, levels) -> list[str]:
         """Each entry a --dp value (or none), checked now; kept as written, since it names the cells."""
         from ..training.privacy import dp_levels
-        try:
-            return dp_levels(levels)
-        except MedTransferError as exc:
-            raise ValueError(str(exc)) from None
+        return dp_levels(levels, error=ValueError)
 
     @field_validator("seeds")
     @classmethod

@@ -102,10 +102,7 @@ class FederatedConfig(BaseModel):
     @classmethod
     def dp_levels(cls, levels) -> list[str]:
         from ..training.privacy import dp_levels
-        try:
-            return dp_levels(levels)
-        except MedTransferError as exc:
-            raise ValueError(str(exc)) from None
+        return dp_levels(levels, error=ValueError)
 
     @field_validator("seeds")
     @classmethod

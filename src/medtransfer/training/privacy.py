@@ -77,19 +77,23 @@ class DPSchedule:
     epochs_before: int = 0
 
 
-def dp_levels(levels, flag: str = "dp") -> list[str]:
+def dp_levels(levels, flag: str = "dp", error: type[Exception] = MedTransferError) -> list[str]:
     """A config's dp entry (one --dp value, none, or a list of them) -> the list of levels as written
-    ("none" for no DP), each checked; a repeated level is refused."""
+    ("none" for no DP), each checked; a repeated level is refused. `error`: the exception raised (a
+    config validator's ValueError)."""
     levels = levels if isinstance(levels, list) else [levels]
     if not levels:
-        raise MedTransferError(f"{flag} needs at least one entry, e.g. [{NONE}, \"epsilon=1\"]")
+        raise error(f"{flag} needs at least one entry, e.g. [{NONE}, \"epsilon=1\"]")
     out = []
     for level in levels:
         text = NONE if level is None else str(level).strip()
-        parse_dp(text, flag=flag)
+        try:
+            parse_dp(text, flag=flag)
+        except MedTransferError as exc:
+            raise error(str(exc)) from None
         out.append(NONE if text.lower() == NONE else text)
     if len(set(out)) < len(out):
-        raise MedTransferError(f"{flag} lists the same entry twice")
+        raise error(f"{flag} lists the same entry twice")
     return out
 
 
