@@ -1,4 +1,5 @@
-"""Fine-tuning recipes chosen on validation: epochs / patience, learning rate and layer-wise decay for `full`.
+"""Fine-tuning recipes chosen on validation: epochs / patience, learning rate, layer-wise decay and
+augmentation for `full` (or another strategy).
 
 Runs each recipe on the same target, source, budget and seeds, and prints per recipe the seed-mean
 validation AUC (what the choice uses), the epoch kept and the epochs run (a recipe that keeps its last
@@ -7,6 +8,8 @@ marked; its test AUC is the number to report, the others' only show what the cho
 
     python benchmarks/recipes.py --data medmnist:pneumoniamnist --source medmnist:organamnist \
         --budget 1% --seeds 2 --source-epochs 3
+    python benchmarks/recipes.py --data ucr:ECG200@140 --source ucr:ECG5000@pooled --budget 100% \
+        --source-epochs 30 --data-root ../shared/data/signals/ecg --recipes "default,lr 3e-4,lr 3e-3,..."
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ import numpy as np
 
 import medtransfer as mt
 
-# name -> transfer() options on top of the defaults (defaults.TRAINING["image2d"]: 15 epochs, patience 5, lr 1e-3)
+# name -> transfer() options on top of the modality's defaults (defaults.TRAINING: 2D images 15 epochs,
+# patience 5, lr 1e-3, augmentation on; signals 100 epochs, patience 20, lr 1e-3, augmentation on)
 RECIPES = {
     "default": {},
     "layer-decay 0.7": {"layer_decay": 0.7},
     "30 epochs patience 10": {"epochs": 30, "patience": 10},
     "lr 3e-4": {"lr": 3e-4},
+    "lr 3e-3": {"lr": 3e-3},
+    "no augmentation": {"augment": False},
+    "patience 10": {"patience": 10},
 }
 
 
@@ -36,6 +43,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--source-epochs", type=int, default=3)
     parser.add_argument("--image-size", default=None, help="pixels or 'native' (default: the source's default)")
+    parser.add_argument("--backbone", default=None, help="default: the modality's")
     parser.add_argument("--data-root", default="../shared/data/medmnist")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names from RECIPES")
     args = parser.parse_args()
@@ -47,6 +55,7 @@ def main() -> None:
             started = time.perf_counter()
             run = mt.transfer(args.data, args.strategy, source=args.source, budget=args.budget, seed=seed,
                               image_size=size, source_epochs=args.source_epochs, data_root=args.data_root,
+                              backbone=args.backbone,
                               save=False, progress=False, n_boot=0, **RECIPES[name])
             secs.append(time.perf_counter() - started)
             val.append(run.metrics["val"]["auc"]["value"])
