@@ -353,8 +353,10 @@ def test_the_token_comes_from_the_environment_and_no_auth_is_allowed_on_loopback
 
 
 def test_the_cli_serves_until_interrupted(heart_run):
+    # Ctrl-C as at a terminal: a suite started in the background (`&`) passes SIGINT on as ignored
     child = subprocess.Popen([sys.executable, "-m", "medtransfer.cli", "serve", str(heart_run), "--port", "0"],
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "MEDTRANSFER_TOKEN": TOKEN})
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "MEDTRANSFER_TOKEN": TOKEN},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = child.stderr.readline()
         found = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
