@@ -177,14 +177,14 @@ def privacy_utility(summary: dict, results: pd.DataFrame, stats: dict) -> list[B
         dp = parse_dp(levels.get(method, NONE), flag="dp")
         base = method.replace(f" · DP {dp.label()}", "") if dp else method
         curves.setdefault(base, []).append((dp.epsilon if dp else None, dp.label() if dp else "no DP", method))
-    rows = []
+    rows, auc = [], {}  # auc: method -> mean over sites of its seed-mean test AUC (table and plot)
     for base, entries in curves.items():
         entries.sort(key=lambda e: (e[0] is None, e[0] or 0))
         for target, label, method in entries:
             per_site = [stats[s][method] for s in summary["sites"] if method in stats[s]]
+            auc[method] = float(np.mean([s["auc"]["value"] for s in per_site]))
             spent = results.loc[results["method"] == method, "epsilon"].astype(float)
-            rows.append([base, label, f"{spent.max():.3f}" if target is not None else "∞",
-                         f"{np.mean([s['auc']['value'] for s in per_site]):.3f}",
+            rows.append([base, label, f"{spent.max():.3f}" if target is not None else "∞", f"{auc[method]:.3f}",
                          f"{np.mean([s['acc_half']['value'] for s in per_site]):.3f}"])
     refs = {ref: np.mean([stats[s][ref]["auc"]["value"] for s in summary["sites"] if ref in stats[s]])
             for ref in ("local", "pooled") if any(ref in stats[s] for s in summary["sites"])}
@@ -193,22 +193,20 @@ def privacy_utility(summary: dict, results: pd.DataFrame, stats: dict) -> list[B
                       "same federated method without DP. Spent ε: the largest over sites and seeds of the accountant's "
                       "epsilon (δ per site as in federation.json); local-only and pooled (no DP) are the references: "
                       + ", ".join(f"{k} AUC {v:.3f}" for k, v in refs.items()) + "."),
-            Plot(privacy_png(curves, stats, summary, refs), "privacy-utility curve: mean test AUC over sites vs ε"),
+            Plot(privacy_png(curves, auc, refs), "privacy-utility curve: mean test AUC over sites vs ε"),
             Table(["method", "DP", "spent ε (max)", "AUC (mean over sites)", "accuracy at 0.5"], rows)]
 
 
-def privacy_png(curves: dict, stats: dict, summary: dict, refs: dict) -> str:
+def privacy_png(curves: dict, auc: dict, refs: dict) -> str:
     fig = Figure(figsize=(6.5, 3.8))
     ax = fig.subplots()
     for i, (base, entries) in enumerate(curves.items()):
-        def mean_auc(method):
-            return np.mean([stats[s][method]["auc"]["value"] for s in summary["sites"] if method in stats[s]])
-        points = [(target, mean_auc(method)) for target, _, method in entries if target is not None]
+        points = [(target, auc[method]) for target, _, method in entries if target is not None]
         if points:
             ax.plot(*zip(*points), marker="o", ms=4, color=f"C{i}", label=base)
         for target, _, method in entries:
             if target is None:
-                ax.axhline(mean_auc(method), color=f"C{i}", ls=":", lw=1, label=f"{base}, no DP")
+                ax.axhline(auc[method], color=f"C{i}", ls=":", lw=1, label=f"{base}, no DP")
     for (name, value), style in zip(refs.items(), ("--", "-.")):
         ax.axhline(value, color="grey", ls=style, lw=1, label=f"{name} (no DP)")
     ax.set_xscale("log")
