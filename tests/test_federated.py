@@ -189,6 +189,8 @@ def test_merged_encoding_is_the_pooled_training_rows_statistics():
     ("name: x\nsites: [heart:va, heart:hungary]\nround: 3\n", "unknown key 'round'"),
     ("name: x\nsites: [heart:va, heart:hungary]\ndp: [none, epsilon=1]\n", "fedprox cannot train with dp"),
     ("name: x\nsites: [heart:va, heart:hungary]\nstrategies: [fedavg]\ndp: epsilon=-1\n", "epsilon must be"),
+    ("name: x\nsites: [heart:va, heart:hungary]\nstrategies: [fedavg]\ndp: [epsilon=1, epsilon=1.0]\n",
+     "the same setting twice"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"

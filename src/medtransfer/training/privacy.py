@@ -84,16 +84,17 @@ def dp_levels(levels, flag: str = "dp", error: type[Exception] = MedTransferErro
     levels = levels if isinstance(levels, list) else [levels]
     if not levels:
         raise error(f"{flag} needs at least one entry, e.g. [{NONE}, \"epsilon=1\"]")
-    out = []
+    out, seen = [], {}
     for level in levels:
         text = NONE if level is None else str(level).strip()
         try:
-            parse_dp(text, flag=flag)
+            parsed = parse_dp(text, flag=flag)
         except MedTransferError as exc:
             raise error(str(exc)) from None
-        out.append(NONE if text.lower() == NONE else text)
-    if len(set(out)) < len(out):
-        raise error(f"{flag} lists the same entry twice")
+        if parsed in seen:  # by value: "epsilon=1" and "epsilon=1.0" would share one name in every table
+            raise error(f"{flag} lists the same setting twice ({seen[parsed]!r} and {text!r})")
+        seen[parsed] = text
+        out.append(NONE if parsed is None else text)
     return out
 
 
