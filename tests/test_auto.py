@@ -19,11 +19,14 @@ from medtransfer.models.backbones import create_model, default_spec, describe
 from medtransfer.models.inference import predict_proba
 from medtransfer.strategies import STRATEGIES, Strategy, TransferContext, get_strategy
 from medtransfer.strategies import auto as auto_module
-from medtransfer.strategies import full as full_module
 from medtransfer.strategies.auto import Auto
 from medtransfer.strategies.full import BACKBONE_LR_RATIO, param_groups
 from medtransfer.strategies.linear_probe import LinearProbe
-from medtransfer.training.loop import TrainConfig
+from medtransfer.defaults import TRAINING
+from medtransfer.experiment.config import ExperimentConfig, TrainSettings
+from medtransfer.experiment.grid import grid, settings_of
+from medtransfer.pipeline.request import TrainOptions, layer_decay_option
+from medtransfer.training.loop import TrainConfig, pretraining_settings
 
 N_FEATURES = 5
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
@@ -338,15 +341,12 @@ def test_a_run_sets_the_decay_through_its_config(monkeypatch, target, source_mod
     flat = _captured_groups(strategy, _ctx(target, source_model, config=config))
     assert [g["lr"] for g in flat] == pytest.approx([0.1 * BACKBONE_LR_RATIO, 0.1 * head_ratio])  # today's
 
-    config.layer_decay = 0.5  # the TrainConfig field-to-be; read with getattr, default None
+    config.layer_decay = 0.5
     decayed = _captured_groups(strategy, _ctx(target, source_model, config=config))
     head = 0.5 if strategy == "lp-ft" else 1.0  # lp-ft's fitted head moves as the stage under it
     assert [g["stage"] for g in decayed] == ["block0", "block1", "head"]  # mlp:16,16: two stages
     assert [g["lr"] for g in decayed] == pytest.approx([0.1 * 0.5 ** 2, 0.1 * 0.5, 0.1 * head])
 
-    monkeypatch.setattr(full_module, "LAYER_DECAY", 0.25)  # the module default, used when the run sets none
-    config.layer_decay = None
-    assert _captured_groups(strategy, _ctx(target, source_model, config=config))[0]["lr"] == pytest.approx(0.1 * 0.25 ** 2)
 
 
 @pytest.mark.parametrize("bad", [0, -0.5, 1.5, "half"])
@@ -378,3 +378,47 @@ def test_layer_decay_trains_an_image_model(monkeypatch):
     assert ctx.fit_result.epochs_run == 1 and np.isfinite(ctx.fit_result.history[-1]["train_loss"])
     assert seen == [[(s, pytest.approx(1e-2 * 0.5 ** d)) for s, d in
                      (("stem", 5), ("layer1", 4), ("layer2", 3), ("layer3", 2), ("layer4", 1), ("head", 0))]]
+
+
+def test_each_modality_gets_the_decay_chosen_for_it_and_flat_restores_the_old_rule():
+    """Images and signals default to 0.7 (chosen on validation); volumes, tables and text stay flat."""
+    defaults = {row: TrainOptions().config(row, 0).layer_decay for row in ("image2d", "signal", "image3d",
+                                                                         "tabular", "text")}
+    assert defaults == {"image2d": 0.7, "signal": 0.7, "image3d": None, "tabular": None, "text": None}
+    assert TrainOptions(layer_decay="flat").config("image2d", 0).layer_decay is None
+    assert TrainOptions(layer_decay=0.5).config("tabular", 0).layer_decay == 0.5
+    assert [layer_decay_option(t) for t in (None, "flat", " FLAT", "0.7")] == [None, "flat", "flat", 0.7]
+    with pytest.raises(MedTransferError, match=r"--layer-decay must be a number in \(0, 1\] or flat, got 'steep'"):
+        layer_decay_option("steep")
+    for bad in (0, 1.5, "steep", True):
+        with pytest.raises(MedTransferError, match=r"layer_decay must be a number in \(0, 1\] or flat"):
+            TrainOptions(layer_decay=bad)
+
+
+def test_a_changed_default_decay_makes_new_fine_tuning_cells_only(monkeypatch):
+    """A grid resumed after the default changed must not reuse cells trained by the old rule; cells that
+    do not read the decay (scratch, linear-probe) keep their ids, and a grid that sets it is unaffected."""
+    config = ExperimentConfig(name="g", targets=["medmnist:breastmnist"], sources=["medmnist:organamnist"],
+                              strategies=["scratch", "linear-probe", "full", "lp-ft", "l2-sp", "auto"],
+                              budgets=["10%"], seeds=[0])
+    fixed = config.model_copy(update={"train": TrainSettings(layer_decay=0.7)})
+
+    def ids(cfg):
+        return {c.strategy: c.id(settings_of(cfg)) for c in grid(cfg)}
+
+    before, before_fixed = ids(config), ids(fixed)
+    monkeypatch.setitem(TRAINING, "image2d", TRAINING["image2d"] | {"layer_decay": 0.5})
+    after = ids(config)
+    assert {s for s in before if before[s] != after[s]} == {"full", "lp-ft", "l2-sp", "auto"}
+    assert ids(fixed) == before_fixed
+    assert TrainSettings(layer_decay="flat").layer_decay == "flat" and TrainSettings(layer_decay=0.5).layer_decay == 0.5
+    for bad in (0, 1.5, "steep"):
+        with pytest.raises(ValueError):
+            TrainSettings(layer_decay=bad)
+
+
+def test_a_source_pretraining_is_keyed_without_the_fine_tuning_decay():
+    """Pretraining a source reads no layer decay: its cache key must not change with the default."""
+    flat = pretraining_settings(TrainOptions(layer_decay="flat").config("image2d", 0), "cpu")
+    assert pretraining_settings(TrainOptions().config("image2d", 0), "cpu") == flat
+    assert flat["layer_decay"] is None and "progress" not in flat and flat["accelerator"] == "cpu"

@@ -115,6 +115,30 @@ def test_source_cache_key_covers_folder_content_and_resolves_defaults(tmp_path):
     assert key() != plain
 
 
+def test_source_cache_key_ignores_the_last_bits_of_a_standardisation(monkeypatch):
+    """A signal's std computed with 1 torch thread (a grid worker) differs in its last bits from 2 (the
+    parent): both must find one pretrained source (seen: ECG5000 pretrained twice in one grid)."""
+    import dataclasses
+
+    import medtransfer.pipeline.source as source_module
+    from medtransfer.data.fingerprint import key_floats
+    from medtransfer.pipeline.request import DataOptions, TransferRequest
+
+    assert key_floats({"std": [0.996431067597981], "n": 3, "m": (0.5,)}) == \
+        key_floats({"std": [0.9964310675979822], "n": 3, "m": [0.5]}) == {"std": [0.996431], "n": 3, "m": [0.5]}
+    request = TransferRequest("heart:va", "full", source="heart:hungary")
+    data = DataOptions().load("heart:hungary")
+    plain = source_module.source_cache_key(request, data)
+    spec_for = source_module.spec_for
+
+    def nudged(*args, **kwargs):
+        spec = spec_for(*args, **kwargs)
+        return dataclasses.replace(spec, std=tuple(float(np.nextafter(v, 2.0)) for v in spec.std))
+
+    monkeypatch.setattr(source_module, "spec_for", nudged)
+    assert source_module.source_cache_key(request, data) == plain
+
+
 def test_dataset_fingerprints_change_with_the_content(tmp_path, medmnist_root):
     from medtransfer.data import load_dataset
 

@@ -96,7 +96,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
              source_epochs: int | None = None, accelerator: str = "auto", n_boot: int = N_BOOT,
              progress=True, weights: bool = True, positive: str | None = None, threshold=None,
              calibrate: str = "none", class_weight: str | None = None, sampler: str | None = None,
-             id: str | None = None, drop=(), layer_decay: float | None = None,  # noqa: A002 - `id` is --id
+             id: str | None = None, drop=(), layer_decay: float | str | None = None,  # noqa: A002 - `id` is --id
              precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
              text: str | None = None, dp=None, devices: int | None = None,
              num_nodes: int | None = None) -> RunResult:
@@ -120,7 +120,8 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
     fitted on validation; `class_weight` and `sampler` ("none" / "balanced") for class imbalance.
 
     Fine-tuning and speed: `layer_decay` (full, lp-ft, l2-sp: each backbone stage's learning rate is the
-    head's times decay^depth), `precision` ("auto": bf16 autocast on CUDA; "bf16", "fp32"),
+    head's times decay^depth; default 0.7 for images and signals, chosen on validation; "flat": the whole
+    backbone at 0.1 x the head, the default for volumes, tables and text), `precision` ("auto": bf16 autocast on CUDA; "bf16", "fp32"),
     `channels_last` and `compile` (torch.compile of the training steps, falling back with a warning).
 
     Differential privacy: `dp="epsilon=1"` (or "epsilon=E,delta=D,clip=C", or a dict of those keys) trains

@@ -70,7 +70,8 @@ CLASS_WEIGHT = typer.Option(None, "--class-weight", help="none (default) or bala
 SAMPLER = typer.Option(None, "--sampler", help="none (default) or balanced: draw training batches with every class "
                        "equally likely")
 LAYER_DECAY = typer.Option(None, "--layer-decay", help="full / lp-ft / l2-sp: each backbone stage's learning rate "
-                           "is the head's x decay^depth (e.g. 0.7); default: the backbone at 0.1 x the head")
+                           "is the head's x decay^depth (default 0.7 for images and signals), or flat: the whole "
+                           "backbone at 0.1 x the head (the default for volumes, tables and text)")
 PRECISION = typer.Option(None, "--precision", help="auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 or fp32")
 CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="2D images and weights in NHWC layout "
                              "(faster on GPUs)")
@@ -236,7 +237,7 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              id_column: Optional[str] = ID, drop: Optional[List[str]] = DROP, text: Optional[str] = TEXT,
              positive: Optional[str] = POSITIVE, threshold: Optional[str] = THRESHOLD, calibrate: str = CALIBRATE,
              class_weight: Optional[str] = CLASS_WEIGHT, sampler: Optional[str] = SAMPLER,
-             layer_decay: Optional[float] = LAYER_DECAY, precision: Optional[str] = PRECISION,
+             layer_decay: Optional[str] = LAYER_DECAY, precision: Optional[str] = PRECISION,
              channels_last: Optional[bool] = CHANNELS_LAST, compile_steps: Optional[bool] = COMPILE,
              dp: Optional[str] = typer.Option(None, "--dp", help="train with differential privacy (DP-SGD, Opacus): "
                                               "epsilon=E[,delta=D][,clip=C], e.g. epsilon=1 (delta default "
@@ -254,6 +255,7 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
     --source medmnist:pneumoniamnist --strategy dann --budget 0
     """
     from . import api
+    from .pipeline.request import layer_decay_option
 
     result = api.transfer(data, strategy, source, budget=budget, seed=seed, split_seed=split_seed,
                           backbone=backbone, out=out,
@@ -261,7 +263,8 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                           lr=lr, batch_size=batch_size, image_size=image_size, patience=patience,
                           source_epochs=source_epochs, accelerator=device, progress=not quiet, positive=positive,
                           threshold=threshold, calibrate=calibrate, class_weight=class_weight, sampler=sampler,
-                          id=id_column, drop=tuple(drop or ()), layer_decay=layer_decay, precision=precision,
+                          id=id_column, drop=tuple(drop or ()), layer_decay=layer_decay_option(layer_decay),
+                          precision=precision,
                           channels_last=channels_last, compile=compile_steps, text=text, dp=dp, devices=devices,
                           num_nodes=num_nodes)
     if result is None:

@@ -26,7 +26,7 @@ class TrainSettings(BaseModel):
     source_epochs: int | None = Field(None, ge=1)
     class_weight: Literal["none", "balanced"] | None = None
     sampler: Literal["none", "balanced"] | None = None
-    layer_decay: float | None = Field(None, gt=0, le=1)
+    layer_decay: Annotated[float, Field(gt=0, le=1)] | Literal["flat"] | None = None  # None: the modality's default
     precision: Literal["auto", "bf16", "fp32"] | None = None
     channels_last: bool | None = None
     compile: bool | None = None

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import LOADERS, Split, TaskDataset, dataset_fingerprint, is_dataset_spec, require_classes
+from ..data.fingerprint import key_floats
 from ..errors import MedTransferError
 from ..evaluation.selection import selection_score
 from ..models.backbones import Classifier, InputSpec, create_model, default_spec, describe
@@ -37,7 +38,7 @@ from ..models.inference import batched, device_of, eval_mode, probabilities
 from ..progress import SILENT
 from ..runs import commit_dir, dumps, staging_dir, write_json
 from ..training.augment import augment_batch
-from ..training.loop import FitResult, TrainConfig, fit, resolve_accelerator
+from ..training.loop import FitResult, TrainConfig, fit, pretraining_settings
 from .request import DataOptions, TrainOptions, TransferRequest
 
 PREFIX = "multi:"
@@ -160,13 +161,11 @@ def cache_settings(request: TransferRequest, multi: MultiSource) -> dict:
     """Everything the pretrained model depends on, resolved (the cache key's content): each part's
     content (its fingerprint), task, classes and label options, the architecture, the input spec,
     the training settings, the device kind and the method."""
-    train = asdict(train_config(request))
-    train.pop("progress")
-    train["accelerator"] = resolve_accelerator(request.accelerator)
+    train = pretraining_settings(train_config(request), request.accelerator)
     parts = [{"data": h.data, "content": dataset_fingerprint(d), "task": d.task, "classes": d.classes,
               "target": o.target, "group": o.group} for h, d, o in zip(multi.heads, multi.datasets, multi.loading)]
     return {"data": multi.spec, "method": METHOD, "parts": parts, "architecture": multi.architecture(request.backbone),
-            "input": multi.input_spec(request.image_size).to_dict(), "train": train, "seed": 0}
+            "input": key_floats(multi.input_spec(request.image_size).to_dict()), "train": train, "seed": 0}
 
 
 def to_layout(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from ..evaluation.threshold import check_rule_syntax
 from ..models.backbones import pick_size
 from ..progress import SILENT, Progress
 from ..training.distributed import check_devices
-from ..training.loop import ACCELERATORS, IMBALANCE, PRECISIONS, TrainConfig, resolve_accelerator
+from ..training.loop import ACCELERATORS, FLAT, IMBALANCE, PRECISIONS, TrainConfig, resolve_accelerator
 from ..training.privacy import DPConfig, parse_dp
 
 
@@ -87,6 +87,16 @@ class DataOptions:
                        text=self.text if "text" in used else None)
 
 
+def layer_decay_option(text: str | None) -> float | str | None:
+    """--layer-decay as typed: a number (checked by TrainOptions) or flat; None keeps the modality's default."""
+    if text is None or text.strip().lower() == FLAT:
+        return None if text is None else FLAT
+    try:
+        return float(text)
+    except ValueError:
+        raise MedTransferError(f"--layer-decay must be a number in (0, 1] or {FLAT}, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """Overrides of the per-modality training defaults (`defaults.TRAINING`); None keeps the default."""
@@ -97,7 +107,7 @@ class TrainOptions:
     augment: bool | None = None
     class_weight: str | None = None  # none | balanced (default: none, see defaults.TRAINING)
     sampler: str | None = None  # none | balanced
-    layer_decay: float | None = None  # full / lp-ft / l2-sp: layer-wise learning-rate decay in (0, 1]
+    layer_decay: float | str | None = None  # full / lp-ft / l2-sp: a decay in (0, 1], or "flat" (0.1 x the head)
     precision: str | None = None  # auto | bf16 | fp32
     channels_last: bool | None = None
     compile: bool | None = None
@@ -116,9 +126,10 @@ class TrainOptions:
         check_choice("class_weight", self.class_weight, IMBALANCE, "--class-weight")
         check_choice("sampler", self.sampler, IMBALANCE, "--sampler")
         check_choice("precision", self.precision, PRECISIONS, "--precision")
-        if self.layer_decay is not None and not (isinstance(self.layer_decay, Real) and not isinstance(
+        if self.layer_decay not in (None, FLAT) and not (isinstance(self.layer_decay, Real) and not isinstance(
                 self.layer_decay, bool) and 0 < self.layer_decay <= 1):
-            raise MedTransferError(f"layer_decay must be a number in (0, 1], got {self.layer_decay!r} (--layer-decay)")
+            raise MedTransferError(f"layer_decay must be a number in (0, 1] or {FLAT}, got {self.layer_decay!r} "
+                                   "(--layer-decay)")
         for name in ("channels_last", "compile"):
             if getattr(self, name) not in (None, True, False):
                 raise MedTransferError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -140,6 +151,7 @@ class TrainOptions:
         """The loop's settings: the defaults of `row` (a modality, or "ssl") with these overrides."""
         values = dict(TRAINING[row])
         values.update({k: v for k, v in vars(self).items() if v is not None})
+        values["layer_decay"] = None if values.get("layer_decay") == FLAT else values.get("layer_decay")
         return TrainConfig(seed=seed, accelerator=accelerator, progress=progress, **values)
 
 

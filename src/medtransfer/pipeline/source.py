@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
 from .. import __version__
 from ..data import TaskDataset, dataset_fingerprint, is_dataset_spec
+from ..data.fingerprint import key_floats
 from ..data.tabular import TabularEncoder
 from ..errors import MedTransferError
 from ..models.backbones import describe, spec_for
@@ -23,7 +23,7 @@ from ..models.sources import Source, check_compatible, load_source_model, run_fo
 from ..runs import check_writable
 from ..strategies import Strategy
 from ..training.distributed import agree, is_main, rank, scratch_dir
-from ..training.loop import resolve_accelerator
+from ..training.loop import pretraining_settings
 from .multi_source import MultiSource, cache_settings, check_multi_strategy, is_multi_source, load_multi_source, \
     write_multi_source
 from .request import DataOptions, Output, TrainOptions, TransferRequest
@@ -101,12 +101,11 @@ def source_cache_key(request: TransferRequest, source_data: TaskDataset) -> str:
     modality, features = source_data.modality, source_data.info.get("features")
     architecture = describe(request.backbone, modality, source_data.in_channels, len(features or []))
     spec = spec_for(source_data, request.image_size)
-    train = asdict(source_training(request).config(modality, 0, request.accelerator))
-    train.pop("progress")
-    train["accelerator"] = resolve_accelerator(request.accelerator)
+    train = pretraining_settings(source_training(request).config(modality, 0, request.accelerator),
+                                 request.accelerator)
     loading = source_loading(request)
     key = {"data": request.source, "content": dataset_fingerprint(source_data), "version": __version__,
-           "architecture": architecture, "input": spec.to_dict(), "train": train, "seed": 0,
+           "architecture": architecture, "input": key_floats(spec.to_dict()), "train": train, "seed": 0,
            "target": loading.target, "group": loading.group, "task": source_data.task,
            "classes": source_data.classes}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

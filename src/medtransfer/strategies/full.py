@@ -2,9 +2,9 @@
 
 Layer-wise learning-rate decay (LLRD, as in BEiT / ULMFiT's discriminative rates): the backbone stage
 nearest the head learns at lr x decay, each stage below it at one more factor of decay, so the
-generic early features a small target cannot re-learn move least. `LAYER_DECAY = None` keeps the
-flat rule (the whole backbone at BACKBONE_LR_RATIO x the head's rate) until measurements pick a
-default; a run overrides it through its config's `layer_decay` (None: this module's default).
+generic early features a small target cannot re-learn move least. The decay comes from the run's
+config (`layer_decay`: its modality's default in `defaults.TRAINING`, chosen on validation, or the
+user's); None is the flat rule, the whole backbone at BACKBONE_LR_RATIO x the head's rate.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from ..models.backbones import Classifier
 from .base import Strategy, TransferContext, register
 
 BACKBONE_LR_RATIO = 0.1  # the flat rule: the whole backbone at a tenth of the head's learning rate
-LAYER_DECAY: float | None = None  # None: the flat rule; a number in (0, 1]: layer-wise decay per stage
 
 
 def layer_decay(config) -> float | None:
-    """The run's decay: `config.layer_decay` when set (not None), else LAYER_DECAY; checked to lie in (0, 1]."""
+    """The run's decay, `config.layer_decay` (None: the flat rule), checked to lie in (0, 1]."""
     decay = getattr(config, "layer_decay", None)
-    decay = LAYER_DECAY if decay is None else decay
     if decay is not None and not (isinstance(decay, (int, float)) and 0 < decay <= 1):
         raise MedTransferError(f"layer decay must be a number in (0, 1] (1: every stage at the head's rate), "
                                f"got {decay!r} (--layer-decay)")
@@ -57,8 +55,8 @@ def param_groups(model: Classifier, lr: float, head_lr: float, decay: float | No
 
 
 def fine_tune_all(ctx: TransferContext, model: Classifier, head_lr_ratio: float = 1.0, **fit_options) -> Classifier:
-    """Everything trains, after a warm-up: the backbone at a tenth of the head's learning rate, or
-    decaying stage by stage when the run sets a layer decay (`param_groups`)."""
+    """Everything trains, after a warm-up: decaying stage by stage when the run has a layer decay, else the
+    whole backbone at a tenth of the head's learning rate (`param_groups`)."""
     lr = ctx.config.lr
     groups = param_groups(model, lr, lr * head_lr_ratio, layer_decay(ctx.config))
     return ctx.fit(model, groups, warmup_epochs=max(ctx.config.warmup_epochs, 1.0), **fit_options)
@@ -67,9 +65,11 @@ def fine_tune_all(ctx: TransferContext, model: Classifier, head_lr_ratio: float 
 @register
 class Full(Strategy):
     name = "full"
-    summary = "fine-tune everything; backbone LR = 0.1 x head LR (or layer-wise decay), one warm-up epoch"
+    summary = "fine-tune everything, one warm-up epoch; backbone stages at the head's LR x decay^depth (images, " \
+              "signals: 0.7) or all at 0.1 x (flat: volumes, tables, text)"
     dp_sgd = True  # --dp trains it with DP-SGD
     data_parallel = True  # --devices N trains it with DDP
+    layer_wise = True
 
     def run(self, ctx: TransferContext) -> Classifier:
         return fine_tune_all(ctx, ctx.target_model(self.name))

@@ -21,7 +21,7 @@ import copy
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -37,6 +37,9 @@ from ..progress import Progress, as_progress
 from . import distributed
 from .augment import augment_batch
 from .privacy import DPConfig, DPSchedule, PrivateTraining, check_private_training
+
+
+FLAT = "flat"  # what --layer-decay / train.layer_decay call the flat rule (TrainConfig.layer_decay None)
 
 
 @dataclass
@@ -58,7 +61,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
     channels_last: bool = False  # 2D images and conv weights in NHWC (tensor-core friendly on CUDA)
     compile: bool = False  # torch.compile the model for the training steps (falls back with a warning)
-    layer_decay: float | None = None  # full / lp-ft / l2-sp: stage lr = lr x decay^depth (None: the strategy's rule)
+    layer_decay: float | None = None  # full / lp-ft / l2-sp: stage lr = lr x decay^depth (None: the flat rule)
     devices: int = 1  # data-parallel processes per node (DDP, `training/distributed.py`); batch_size stays global
     num_nodes: int = 1
 
@@ -73,6 +76,15 @@ class FitResult:
     diverged_epoch: int | None = None  # training stopped here: the loss was not finite (best earlier epoch kept)
     compiled: bool = False  # every training step ran under torch.compile (False: off, or it fell back)
     dp: dict | None = None  # a DP-SGD run's guarantee and settings (`PrivateTraining.record`); None without --dp
+
+
+def pretraining_settings(config: TrainConfig, accelerator: str) -> dict:
+    """The settings a pretrained source depends on (part of its cache key): every field, with the device
+    kind resolved, but the progress display. The layer decay, which only fine-tuning reads, is keyed as
+    the flat rule whatever the modality's default, so sources cached before that default stay valid."""
+    settings = asdict(config)
+    del settings["progress"]
+    return settings | {"accelerator": resolve_accelerator(accelerator), "layer_decay": None}
 
 
 ACCELERATORS = ("cpu", "cuda", "mps")  # besides "auto"
