@@ -44,7 +44,7 @@ def default_layer_decay(strategy: str, settings: dict) -> dict:
     from ..strategies import STRATEGIES
 
     tags = STRATEGIES.get(strategy)
-    if tags is None or not tags.layer_wise or settings["train"].get("layer_decay") is not None:
+    if tags is None or not tags.layer_wise or settings.get("train", {}).get("layer_decay") is not None:
         return {}
     return {"default_layer_decay": {row: values["layer_decay"] for row, values in TRAINING.items()
                                     if values.get("layer_decay") is not None}}
