@@ -121,8 +121,9 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
 
     Fine-tuning and speed: `layer_decay` (full, lp-ft, l2-sp: each backbone stage's learning rate is the
     head's times decay^depth; default 0.7 for images and signals, chosen on validation; "flat": the whole
-    backbone at 0.1 x the head, the default for volumes, tables and text), `precision` ("auto": bf16 autocast on CUDA; "bf16", "fp32"),
-    `channels_last` and `compile` (torch.compile of the training steps, falling back with a warning).
+    backbone at 0.1 x the head, the default for volumes, tables and text), `precision` ("auto": bf16
+    autocast on CUDA; "bf16", "fp32"), `channels_last` and `compile` (torch.compile of the training steps,
+    falling back with a warning).
 
     Differential privacy: `dp="epsilon=1"` (or "epsilon=E,delta=D,clip=C", or a dict of those keys) trains
     with DP-SGD (Opacus) at that target epsilon; delta defaults to min(1e-5, 1/(10 n)), clip to 1.0. Only
