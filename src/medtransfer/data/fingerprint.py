@@ -22,19 +22,6 @@ from .base import TaskDataset
 CHUNK = 1 << 20
 
 
-def key_floats(value):
-    """`value` with every float to 6 significant digits, for a cache key: a signal's standardisation
-    (mean / std of the training split, in float32) differs in its last bits with the number of torch
-    threads, so a grid's worker (1 thread) would otherwise miss the source the parent (2) pretrained."""
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, dict):
-        return {k: key_floats(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [key_floats(v) for v in value]
-    return value
-
-
 def digest(*parts) -> str:
     """A short stable digest of JSON-able parts (paths and other objects as their text)."""
     text = json.dumps(parts, sort_keys=True, default=str)

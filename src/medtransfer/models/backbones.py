@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from numbers import Integral
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -140,13 +141,15 @@ def spec_for(dataset, image_size: int | str | None = None) -> InputSpec:
 
 def channel_statistics(x: torch.Tensor | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of signals (N, C, T); (0, 1) per channel without data.
-    A flat channel gets std 1 (dividing by ~0 would blow its noise up)."""
+    A flat channel gets std 1 (dividing by ~0 would blow its noise up). Computed by numpy, whose sums do
+    not depend on the thread count: torch's differed in the last bit between a grid's 1-thread workers
+    and its 2-thread parent, so the same source got two cache keys and was pretrained twice."""
     if x is None or len(x) == 0:
         return (0.0,) * channels, (1.0,) * channels
-    x = x.double().transpose(0, 1).reshape(channels, -1)
-    mean, std = x.mean(dim=1), x.std(dim=1)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))
-    return tuple(mean.tolist()), tuple(std.tolist())
+    values = x.double().transpose(0, 1).reshape(channels, -1).numpy()
+    mean, std = values.mean(axis=1), values.std(axis=1, ddof=1)
+    std = np.where(std > 1e-8, std, 1.0)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 NATIVE = "native"  # --image-size native: each ImageNet/timm source at the resolution it was trained at

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from ..data import LOADERS, Split, TaskDataset, dataset_fingerprint, is_dataset_spec, require_classes
-from ..data.fingerprint import key_floats
 from ..errors import MedTransferError
 from ..evaluation.selection import selection_score
 from ..models.backbones import Classifier, InputSpec, create_model, default_spec, describe
@@ -165,7 +164,7 @@ def cache_settings(request: TransferRequest, multi: MultiSource) -> dict:
     parts = [{"data": h.data, "content": dataset_fingerprint(d), "task": d.task, "classes": d.classes,
               "target": o.target, "group": o.group} for h, d, o in zip(multi.heads, multi.datasets, multi.loading)]
     return {"data": multi.spec, "method": METHOD, "parts": parts, "architecture": multi.architecture(request.backbone),
-            "input": key_floats(multi.input_spec(request.image_size).to_dict()), "train": train, "seed": 0}
+            "input": multi.input_spec(request.image_size).to_dict(), "train": train, "seed": 0}
 
 
 def to_layout(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:

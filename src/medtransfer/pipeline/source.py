@@ -14,7 +14,6 @@ from typing import Callable
 
 from .. import __version__
 from ..data import TaskDataset, dataset_fingerprint, is_dataset_spec
-from ..data.fingerprint import key_floats
 from ..data.tabular import TabularEncoder
 from ..errors import MedTransferError
 from ..models.backbones import describe, spec_for
@@ -105,7 +104,7 @@ def source_cache_key(request: TransferRequest, source_data: TaskDataset) -> str:
                                  request.accelerator)
     loading = source_loading(request)
     key = {"data": request.source, "content": dataset_fingerprint(source_data), "version": __version__,
-           "architecture": architecture, "input": key_floats(spec.to_dict()), "train": train, "seed": 0,
+           "architecture": architecture, "input": spec.to_dict(), "train": train, "seed": 0,
            "target": loading.target, "group": loading.group, "task": source_data.task,
            "classes": source_data.classes}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
