@@ -96,6 +96,26 @@ def test_out_holding_another_experiment_is_refused_unless_overwrite(tmp_path):
     assert [r.data.tags["cell_id"] for r in mlflow_runs(out, "other")] == list(table.cell_id)
 
 
+def test_a_grid_begun_under_other_defaults_is_refused_naming_the_change(tmp_path, monkeypatch):
+    """Resuming after an upgrade changed a default would mix cells trained under two recipes: refused in one
+    line that names the change, nothing written; --overwrite starts over under the new defaults."""
+    from medtransfer.defaults import TRAINING
+    out = tmp_path / "exp"
+    config = write(tmp_path, ONE)
+    experiment(config, out=out, progress=False)
+    assert json.loads((out / "defaults.json").read_text())["TRAINING"]["tabular"]["epochs"] == TRAINING["tabular"]["epochs"]
+    before, epochs = checksums(out), TRAINING["tabular"]["epochs"]
+    monkeypatch.setitem(TRAINING, "tabular", TRAINING["tabular"] | {"epochs": 7})
+    with pytest.raises(MedTransferError) as info:
+        experiment(config, out=out, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "trained under other medtransfer defaults" in message
+    assert f"(TRAINING.tabular.epochs {epochs} -> 7)" in message
+    assert "--overwrite" in message and checksums(out) == before
+    experiment(config, out=out, progress=False, overwrite=True)
+    assert json.loads((out / "defaults.json").read_text())["TRAINING"]["tabular"]["epochs"] == 7
+
+
 def test_out_holding_unrelated_files_is_refused(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

@@ -211,6 +211,9 @@ def test_grid_aucs_are_chosen_on_validation_never_on_test(tmp_path):
     assert grid["aucs"] == {"heart:cleveland": (pytest.approx(0.90), "linear-probe/mlp", 2),
                             "heart:va": (pytest.approx(0.80), "full/mlp", 2),
                             "heart:switzerland": (pytest.approx(0.60), "linear-probe/mlp", 2)}
+    assert grid["probe"] == {"heart:cleveland": (pytest.approx(0.90), "linear-probe/mlp", 2),  # va's probe too
+                             "heart:va": (pytest.approx(0.70), "linear-probe/mlp", 2),
+                             "heart:switzerland": (pytest.approx(0.60), "linear-probe/mlp", 2)}
     with pytest.raises(MedTransferError, match="no cell of target heart:va"):
         grid_aucs(tmp_path / "exp", "heart:va", 40)
     with pytest.raises(MedTransferError, match="its budgets: 20, 40"):
@@ -229,7 +232,12 @@ def test_rank_against_a_grid_reports_kendalls_tau(tmp_path):
         expected = kendalltau(scores, [aucs[s.source] for s in result.scores])
         assert result.against["tau"][name]["tau"] == pytest.approx(expected[0])
         assert result.against["tau"][name]["n"] == 3
-    assert "Kendall's tau" in (tmp_path / "r" / "rank.md").read_text()
+        probe = {"heart:cleveland": 0.90, "heart:va": 0.70, "heart:switzerland": 0.60}
+        expected = kendalltau(scores, [probe[s.source] for s in result.scores])
+        assert result.against["tau_probe"][name]["tau"] == pytest.approx(expected[0])
+    assert {s.source: s.probe_auc for s in result.scores} == pytest.approx(probe)
+    report = (tmp_path / "r" / "rank.md").read_text()
+    assert "Kendall's tau" in report and "tau with the linear-probe AUC" in report
 
 
 def test_grid_choice_key_is_validation_auc_then_log_loss_then_name():

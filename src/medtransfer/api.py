@@ -415,13 +415,15 @@ def rank_blocks(result) -> list:
     from .reporting.blocks import Paragraph, Table
 
     against = result.against
-    header = ["#", "source", "LogME", "LEEP", "NCE"] + (["grid test AUC (strategy, seeds)"] if against else [])
+    header = ["#", "source", "LogME", "LEEP", "NCE"]
+    header += ["grid test AUC (strategy, seeds)", "linear-probe test AUC"] if against else []
     header += ["seconds", "note"]
     rows = []
     for i, s in enumerate(result.scores, 1):
         row = [str(i) if s.refused is None else "-", s.source] + [_score(v) for v in (s.logme, s.leep, s.nce)]
         if against:
             row.append("" if s.grid_auc is None else f"{s.grid_auc:.4f} ({s.grid_strategy}, {s.grid_seeds})")
+            row.append(_score(s.probe_auc))
         row += [f"{s.seconds:.1f}", f"cannot run: {s.refused}" if s.refused else (s.note or "")]
         rows.append(row)
     budget = "all" if result.budget is None else result.budget
@@ -437,16 +439,25 @@ def rank_blocks(result) -> list:
         tau_rows = []
         for name, entry in against["tau"].items():
             label = {"logme": "LogME", "leep": "LEEP", "nce": "NCE"}[name]
-            tau_rows.append([label, "", "", f"{entry['n']} ({entry['why']})"] if entry["tau"] is None else
-                            [label, f"{entry['tau']:.3f}", f"{entry['p']:.3g}", str(entry["n"])])
-        blocks += [Table(["score", "Kendall's tau with the grid AUC", "p", "sources"], tau_rows,
+            tau_rows.append([label, *_tau(entry), *_tau(against["tau_probe"][name])])
+        blocks += [Table(["score", "Kendall's tau with the grid AUC", "p", "sources",
+                          "tau with the linear-probe AUC", "p", "sources"], tau_rows,
                          title=f"against {against['experiment']} (budget {against['budget']})"),
                    Paragraph("Grid AUC: per source, the transfer (non-baseline) strategy with the best seed-mean "
                              "validation AUC at this budget, and its seed-mean test AUC, as the experiment report "
-                             "chooses. Kendall's tau (tau-b) between each score and those AUCs, over the sources "
-                             "that have both." + (f" No grid cells for: {', '.join(against['missing'])}."
-                                                  if against["missing"] else ""))]
+                             "chooses. Linear-probe AUC: the source's linear-probe cells alone, the view of the "
+                             "source the scores take (frozen features, a linear layer); a source that wins only "
+                             "when fine-tuned ranks low by its scores and high by the grid AUC. Kendall's tau "
+                             "(tau-b) between each score and those AUCs, over the sources that have both."
+                             + (f" No grid cells for: {', '.join(against['missing'])}." if against["missing"] else ""))]
     return blocks
+
+
+def _tau(entry: dict) -> list[str]:
+    """A tau's three cells: tau, p and the number of sources (or why there is no tau)."""
+    if entry["tau"] is None:
+        return ["", "", f"{entry['n']} ({entry['why']})"]
+    return [f"{entry['tau']:.3f}", f"{entry['p']:.3g}", str(entry["n"])]
 
 
 def _score(value) -> str:

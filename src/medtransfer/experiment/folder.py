@@ -7,7 +7,8 @@ process ends, even on kill -9: a dead run never blocks the next. A small JSON be
 
 Why a claim: `--out` pointed at another experiment's folder used to replace its config.yaml, results.csv
 and report. A folder is resumed only when it holds this same experiment (same name, and every cell it
-has is a cell of this grid: a grown grid resumes, a changed or shrunk one is another experiment).
+has is a cell of this grid: a grown grid resumes, a changed or shrunk one is another experiment, and so
+is one begun under other medtransfer defaults, whose change is named).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import yaml
 
 from ..errors import MedTransferError
 from .config import ExperimentConfig
-from .grid import grid, settings_of
+from .grid import defaults_table, grid, settings_of
 
 LOCK, HOLDER = "experiment.lock", "experiment.lock.json"
 # What an experiment writes into its folder and --overwrite removes; anything else is left alone. The
 # MLflow store stays: this process may hold it open, so its experiments are retired instead (`Tracker`).
-OWN = ("config.yaml", "environment.json", "results.csv", "results.csv.tmp", "report.html", "report.md",
+DEFAULTS = "defaults.json"  # the defaults the grid's cells were trained under (`grid.defaults_table`)
+OWN = ("config.yaml", "environment.json", DEFAULTS, "results.csv", "results.csv.tmp", "report.html", "report.md",
        "mlartifacts", "cells")
 
 
@@ -101,11 +103,39 @@ def other_contents(out: Path, config: ExperimentConfig) -> str | None:
         return f"holds an experiment whose config.yaml cannot be read{rows}"
     if old.name != config.name:
         return f"holds another experiment, {old.name!r}{rows}"
+    changed = changed_defaults(out / DEFAULTS)
+    if changed:
+        return f"holds experiment {old.name!r}{rows} trained under other medtransfer defaults ({changed})"
     dropped = cell_ids(old) - cell_ids(config)
     if dropped:
         return (f"holds experiment {old.name!r}{rows} with {len(dropped)} cells this config does not have "
-                "(other settings, or a smaller grid)")
+                "(other settings, a smaller grid, or other medtransfer defaults)")
     return None
+
+
+def changed_defaults(path: Path) -> str | None:
+    """How the defaults recorded in `path` differ from today's ("image2d.layer_decay 0.7 -> 0.5", and how many
+    more), or None when they are equal or were not recorded (then the cell ids tell)."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    old, new = flat(recorded), flat(defaults_table())
+    differ = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "unset") != new.get(k, "unset")]
+    if not differ:
+        return None
+    first = differ[0]
+    more = f", and {len(differ) - 1} more" if len(differ) > 1 else ""
+    return f"{first} {old.get(first, 'unset')} -> {new.get(first, 'unset')}{more}"
+
+
+def flat(table: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level of dotted keys (TRAINING.image2d.epochs -> its value)."""
+    out = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        out |= flat(value, name + ".") if isinstance(value, dict) else {name: value}
+    return out
 
 
 def cell_ids(config: ExperimentConfig) -> set[str]:

@@ -31,23 +31,18 @@ class Cell:
         coordinates = asdict(self)
         if self.dp == DP_NONE:
             del coordinates["dp"]
-        settings = settings | default_layer_decay(self.strategy, settings)
+        settings = settings | {"defaults": defaults_table()}
         digest = hashlib.sha256(json.dumps([coordinates, settings], sort_keys=True).encode()).hexdigest()[:8]
         return f"{name}_{digest}"
 
 
-def default_layer_decay(strategy: str, settings: dict) -> dict:
-    """The per-modality layer decays (`defaults.TRAINING`) a fine-tuning cell trains with when the grid sets
-    none: part of its id, so a grid begun before a default changed is not resumed with cells trained by the
-    old rule. Empty for the strategies that do not read it, which keep their ids."""
-    from ..defaults import TRAINING
-    from ..strategies import STRATEGIES
+def defaults_table() -> dict:
+    """Every default a cell trains and evaluates with (`defaults`: training per modality, input sizes, C grids,
+    bootstrap), as JSON: part of each cell's id, so a grid begun under other defaults (an upgrade, a tuned
+    recipe) is never resumed with cells trained by them, and written beside the grid (defaults.json)."""
+    from .. import defaults
 
-    tags = STRATEGIES.get(strategy)
-    if tags is None or not tags.layer_wise or settings.get("train", {}).get("layer_decay") is not None:
-        return {}
-    return {"default_layer_decay": {row: values["layer_decay"] for row, values in TRAINING.items()
-                                    if values.get("layer_decay") is not None}}
+    return json.loads(json.dumps({k: v for k, v in vars(defaults).items() if k.isupper()}, sort_keys=True))
 
 
 def short(spec: str) -> str:

@@ -34,9 +34,10 @@ from ..errors import MedTransferError
 from ..pipeline import DataOptions, Output, TrainOptions, TransferRequest, transfer
 from ..pipeline.preflight import preflight
 from ..progress import SILENT, Progress, RichProgress, rich_bar
+from ..runs import write_json
 from .config import DP_NONE, NO_SOURCE, ExperimentConfig, load_config
-from .folder import claim, folder_lock
-from .grid import Cell, grid, settings_of
+from .folder import DEFAULTS, claim, folder_lock
+from .grid import Cell, defaults_table, grid, settings_of
 from .ray_cells import check as check_ray, run_ray
 from .store import Results, Tracker, done, error_line, failure_file, record_failure, write_environment
 
@@ -124,6 +125,7 @@ def run_locked(config: ExperimentConfig, text: str, out: Path, jobs: int, data_r
     cells = [(cell, out / "cells" / cell.id(settings)) for cell in grid(config)]
     (out / "config.yaml").write_text(text)
     write_environment(out)
+    write_json(out / DEFAULTS, defaults_table())
     for leftover in (out / "cells").glob("*.partial"):  # a cell killed mid-write
         shutil.rmtree(leftover, ignore_errors=True)
     todo = [(c, d) for c, d in cells if not done(d)]

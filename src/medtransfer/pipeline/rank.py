@@ -3,7 +3,8 @@
 pretrained once and cached by the same pipeline), its frozen backbone features on the target's budgeted
 labelled training examples -> LogME, and LEEP / NCE where the source has a classifier head with known
 classes -> a table sorted by LogME. Optionally checked against an experiment grid: Kendall's tau
-between each score and the validation-chosen fine-tuned test AUC of each source.
+between each score and the validation-chosen fine-tuned test AUC of each source, and between each score
+and the source's linear-probe test AUC (what the scores model: a linear layer on the frozen features).
 
 Why: fine-tuning every candidate source to find the best one costs a grid; these scores cost one
 forward pass over the few labelled target examples per source (and the features are cached, so a
@@ -119,6 +120,7 @@ class SourceScore:
     grid_auc: float | None = None  # --against: the validation-chosen fine-tuned test AUC of this source
     grid_strategy: str | None = None  # --against: the strategy (and backbone) that AUC is from
     grid_seeds: int | None = None
+    probe_auc: float | None = None  # --against: the source's linear-probe test AUC in the grid (seed mean)
 
 
 @dataclass
@@ -130,7 +132,7 @@ class RankResult:
     seed: int
     n_train: int  # labelled target training examples the scores read
     scores: list[SourceScore]  # sorted: by LogME (best first), then the refused sources in the order given
-    against: dict | None = None  # experiment, budget, tau per score
+    against: dict | None = None  # experiment, budget, tau per score (with the chosen and the probe AUCs)
     seconds: float = 0.0
     out: Path | None = None
 
@@ -168,8 +170,10 @@ def rank(request: RankRequest, write_report=None) -> RankResult:
     if grid is not None:
         for s in scores:
             s.grid_auc, s.grid_strategy, s.grid_seeds = grid["aucs"].get(s.source, (None, None, None))
+            s.probe_auc = grid["probe"].get(s.source, (None,))[0]
         against = {"experiment": str(request.against), "budget": grid["budget"],
                    "tau": {name: kendall(scores, name) for name in SCORES},
+                   "tau_probe": {name: kendall(scores, name, "probe_auc") for name in SCORES},
                    "missing": [s.source for s in scores if s.refused is None and s.grid_auc is None]}
     result = RankResult(request.data, target.task, target.classes, request.budget, request.seed, n_train, scores,
                         against, round(time.perf_counter() - started, 3))
@@ -250,12 +254,13 @@ def head_task(spec: str, source_data: TaskDataset | None) -> str | None:
     return read_meta(folder).get("task") if folder is not None else None
 
 
-def kendall(scores: list[SourceScore], name: str) -> dict:
-    """Kendall's tau (tau-b) between a score and the grid's AUCs, over the sources that have both."""
+def kendall(scores: list[SourceScore], name: str, auc: str = "grid_auc") -> dict:
+    """Kendall's tau (tau-b) between a score and the grid's AUCs (`auc`: the validation-chosen ones, or
+    `probe_auc`), over the sources that have both."""
     from scipy.stats import kendalltau
 
-    pairs = [(getattr(s, name), s.grid_auc) for s in scores
-             if getattr(s, name) is not None and s.grid_auc is not None]
+    pairs = [(getattr(s, name), getattr(s, auc)) for s in scores
+             if getattr(s, name) is not None and getattr(s, auc) is not None]
     entry = {"tau": None, "p": None, "n": len(pairs)}
     if len(pairs) < 2:
         entry["why"] = "fewer than two sources have both this score and a grid AUC"
@@ -308,10 +313,10 @@ def as_grid_ran(request: RankRequest, folder: Path) -> RankRequest:
 
 
 def grid_aucs(folder: Path, data: str, budget) -> dict:
-    """Per source of an experiment: the validation-chosen test AUC at `budget` on target `data`, chosen by the
-    experiment report's own rule (`grid_choice_key` over the non-baseline strategies; never by test), and that
-    strategy's seed-mean test AUC.
-    Read before any ranking, so a wrong folder, target or budget fails at once."""
+    """Per source of an experiment, at `budget` on target `data`: under "aucs" the validation-chosen method,
+    chosen by the experiment report's own rule (`grid_choice_key` over the non-baseline strategies; never by
+    test), and its seed-mean test AUC; under "probe" the same for its linear-probe cells only (the view the
+    scores take). Read before any ranking, so a wrong folder, target or budget fails at once."""
     import pandas as pd
 
     path = folder / "results.csv"
@@ -339,7 +344,7 @@ def grid_aucs(folder: Path, data: str, budget) -> dict:
     rows = rows[rows["strategy"].map(lambda s: not getattr(STRATEGIES.get(s), "baseline", False))]
     has_loss = "val_log_loss" in rows.columns
     method = ["strategy", "backbone"] if "backbone" in rows.columns else ["strategy"]
-    aucs = {}
+    aucs, probe = {}, {}
     for source, cells in rows.groupby(rows["source"].astype(str)):
         candidates = []
         for key, group in cells.groupby(method, dropna=False):
@@ -347,10 +352,13 @@ def grid_aucs(folder: Path, data: str, budget) -> dict:
             if not math.isfinite(val):
                 continue
             loss = group["val_log_loss"].astype(float).mean() if has_loss else math.nan
-            name = "/".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if not pd.isna(k))
+            key = key if isinstance(key, tuple) else (key,)
+            name = "/".join(str(k) for k in key if not pd.isna(k))
             candidates.append((grid_choice_key(val, loss, name), name,
-                               float(group["test_auc"].astype(float).mean()), len(group)))
-        if candidates:
-            _, name, auc, seeds = min(candidates)
-            aucs[source] = (auc, name, seeds)
-    return {"budget": "all" if wanted is None else str(budget), "aucs": aucs}
+                               float(group["test_auc"].astype(float).mean()), len(group), key[0]))
+        probes = [c for c in candidates if c[4] == VIEW_STRATEGY]
+        for chosen, among in ((aucs, candidates), (probe, probes)):
+            if among:
+                _, name, auc, seeds, _ = min(among)
+                chosen[source] = (auc, name, seeds)
+    return {"budget": "all" if wanted is None else str(budget), "aucs": aucs, "probe": probe}

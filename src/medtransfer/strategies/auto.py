@@ -32,7 +32,6 @@ class Auto(Strategy):
     needs_source_model = True
     needs_labels = True
     data_parallel = True  # every candidate is data-parallel; each rank runs them in the same order
-    layer_wise = True  # lp-ft, full and l2-sp are
 
     @classmethod
     def accepts(cls, backbone: str | None) -> bool:

@@ -106,7 +106,6 @@ class Strategy(ABC):
     # loss that couples a batch's examples (batch statistics, an unlabelled batch drawn inside the step,
     # per-batch dataset weights), which N shares would compute differently: refused, not approximated.
     data_parallel = False
-    layer_wise = False  # fine-tunes the backbone with the run's layer decay (full's `param_groups`)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

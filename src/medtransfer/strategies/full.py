@@ -69,7 +69,6 @@ class Full(Strategy):
               "signals: 0.7) or all at 0.1 x (flat: volumes, tables, text)"
     dp_sgd = True  # --dp trains it with DP-SGD
     data_parallel = True  # --devices N trains it with DDP
-    layer_wise = True
 
     def run(self, ctx: TransferContext) -> Classifier:
         return fine_tune_all(ctx, ctx.target_model(self.name))

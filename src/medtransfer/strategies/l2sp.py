@@ -28,7 +28,6 @@ class L2SP(Strategy):
     name = "l2-sp"
     summary = "full, with an L2 pull toward the source weights instead of weight decay (Li et al. 2018)"
     data_parallel = True  # the penalty is the same on every rank; --devices N trains it with DDP
-    layer_wise = True
 
     def run(self, ctx: TransferContext) -> Classifier:
         model = ctx.target_model(self.name)

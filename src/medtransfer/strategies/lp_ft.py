@@ -9,7 +9,6 @@ class LinearProbeThenFineTune(Strategy):
     name = "lp-ft"
     summary = "linear probe first, then full fine-tuning from it (Kumar et al. 2022)"
     data_parallel = True  # the probe is a deterministic fit every rank repeats; the fine-tuning runs with DDP
-    layer_wise = True
 
     def run(self, ctx: TransferContext) -> Classifier:
         model = linear_probe(ctx, self.name)
