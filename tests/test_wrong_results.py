@@ -148,6 +148,11 @@ def test_dataset_fingerprints_change_with_the_content(tmp_path, medmnist_root):
     plain = load_dataset("medmnist:breastmnist", data_root=medmnist_root)
     shifted = load_dataset("shift:gamma:1.5:medmnist:breastmnist", data_root=medmnist_root)
     assert plain.info["fingerprint"] and shifted.info["fingerprint"] != plain.info["fingerprint"]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copyfile(Path(medmnist_root) / "breastmnist.npz", copy / "breastmnist.npz")
+    os.utime(copy / "breastmnist.npz", ns=(1, 1))  # a re-mounted or copied file: same bytes, another mtime
+    assert load_dataset("medmnist:breastmnist", data_root=copy).info["fingerprint"] == plain.info["fingerprint"]
 
 
 # ----------------------------------------------------------------------------- 2. predict decodes as training

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import MedTransferError
 from .base import Split, TaskDataset
-from .fingerprint import digest, stat_digest
+from .fingerprint import content_digest, digest
 from .schemes import LoadOptions, register_scheme
 
 ZENODO = "https://zenodo.org/records/10519652/files"
@@ -133,7 +133,7 @@ def load_medmnist(spec: str, data_root: str | Path | None = None, download: bool
         task=task,
         classes=classes,
         info={"file": str(path), "flag": flag, "size": size, "fingerprint": digest("medmnist", flag, size,
-                                                                                  stat_digest(path)),
+                                                                                  content_digest(path)),
               **({"positive": POSITIVE[flag]} if flag in POSITIVE else {})},
         **splits,
     )
