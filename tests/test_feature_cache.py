@@ -5,6 +5,7 @@ off, and a linear probe run twice computes its features once (evaluation include
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,46 @@ def test_switched_off_writes_nothing(cache, monkeypatch):
     extract_features(model, x)
     predict_proba(model, x, "binary")
     assert not cache.exists()
+
+
+def test_the_cache_keeps_to_its_size_limit_evicting_the_least_recently_used(cache, monkeypatch):
+    from medtransfer.errors import MedTransferError
+    x = images(20)
+    models = {name: tiny(seed=seed) for seed, name in enumerate(("first", "second", "third"))}
+    expected = {name: extract_features(m, x, cache=False) for name, m in models.items()}
+    folder = {}
+
+    def run(name, rows=x):
+        before = set(folders())
+        out = extract_features(models[name], rows)
+        for new in set(folders()) - before:
+            folder[name] = new
+        return out
+
+    def folders():
+        return [f for f in cache.iterdir() if f.is_dir()] if cache.exists() else []
+
+    run("first")
+    one = feature_cache._size(folder["first"])
+    monkeypatch.setenv("MEDTRANSFER_FEATURE_CACHE_GB", str(2.5 * one / 2**30))  # room for two models' features
+    run("second")
+    os.utime(str(folder["first"]) + ".lock", (1, 1))  # the first used long ago
+    run("second")  # a hit: nothing written, nothing evicted
+    assert sorted(folders()) == sorted([folder["first"], folder["second"]])
+    assert np.array_equal(run("third"), expected["third"])
+    assert sorted(folders()) == sorted([folder["second"], folder["third"]])  # the least recently used went
+    assert np.array_equal(run("first"), expected["first"])  # recomputed, never wrong
+    assert folder["second"] not in folders()  # now the least recently used
+
+    monkeypatch.setenv("MEDTRANSFER_FEATURE_CACHE_GB", str(one / 4 / 2**30))  # smaller than one folder
+    assert np.array_equal(run("third", x[:3]), expected["third"][:3])
+    fresh = images(2, seed=9)  # rows never seen: a new shard, then eviction
+    assert np.array_equal(run("first", fresh), extract_features(models["first"], fresh, cache=False))
+    assert folders() == [folder["first"]]  # in use: kept, however small the limit
+    for bad in ("0", "-1", "lots", "inf"):
+        monkeypatch.setenv("MEDTRANSFER_FEATURE_CACHE_GB", bad)
+        with pytest.raises(MedTransferError, match="MEDTRANSFER_FEATURE_CACHE_GB must be a positive number"):
+            extract_features(models["first"], x)
 
 
 def test_a_frozen_model_is_evaluated_from_cached_features(cache):

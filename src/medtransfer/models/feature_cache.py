@@ -19,8 +19,12 @@ The head and any calibration are not part of the key: they do not change the fea
 Where: `$MEDTRANSFER_CACHE/features/` (default `~/.cache/medtransfer/features/`), one folder per
 (model, row shape, dtype) holding shards: `<name>.rows.npy` (16-byte row digests) beside
 `<name>.features.npy` (float32 features, one row each). The files can be deleted at any time; they
-are computed again when next needed. There is no size limit. `MEDTRANSFER_FEATURE_CACHE=0` turns
-the cache off.
+are computed again when next needed. `MEDTRANSFER_FEATURE_CACHE=0` turns the cache off.
+
+Size: at most `MEDTRANSFER_FEATURE_CACHE_GB` (default 20) GB. Each use of a folder stamps its lock
+file; after a new shard is written, the least recently used *other* folders are deleted until the
+cache fits (a folder another process holds is left alone). One folder larger than the limit is kept
+while in use: the limit evicts old models' features, it never refuses this run's.
 
 Safety: shards are written to a temporary file and renamed into place (features first, then the
 rows that index them), so a killed process never leaves a half shard that is read. A shard that
@@ -52,6 +56,7 @@ from .. import __version__
 FORMAT_VERSION = 1  # bump when what a shard means changes (layout, dtype, what the key covers)
 DIGEST_BYTES = 16  # sha256, truncated: it runs on the CPU's SHA extensions, here faster than blake2b
 OFF = {"0", "false", "no", "off"}
+LIMIT_GB = 20.0  # MEDTRANSFER_FEATURE_CACHE_GB: Lite2's features of all 6,636 PneumoniaMNIST images take 34 MB
 
 
 def _hash(data: bytes = b""):
@@ -75,6 +80,22 @@ def features_dir() -> Path:
 def enabled() -> bool:
     """False when MEDTRANSFER_FEATURE_CACHE is 0 / false / no / off."""
     return os.environ.get("MEDTRANSFER_FEATURE_CACHE", "1").strip().lower() not in OFF
+
+
+def limit_bytes() -> int:
+    """MEDTRANSFER_FEATURE_CACHE_GB in bytes; a value that is not a positive number is refused in one line."""
+    from ..errors import MedTransferError
+
+    text = os.environ.get("MEDTRANSFER_FEATURE_CACHE_GB", str(LIMIT_GB))
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = float("nan")
+    if not gb > 0 or gb == float("inf"):
+        raise MedTransferError(f"MEDTRANSFER_FEATURE_CACHE_GB must be a positive number of GB, got {text!r}; "
+                               f"unset it for the default {LIMIT_GB:g}, or set MEDTRANSFER_FEATURE_CACHE=0 to "
+                               "turn the cache off")
+    return int(gb * 2**30)
 
 
 def cacheable(model: nn.Module) -> bool:
@@ -196,19 +217,60 @@ def cached_features(model: nn.Module, x: torch.Tensor, compute: Callable[[torch.
     width = int(model.num_features)
     folder = folder_for(model, x, device, compute)
     digests = row_digests(x)
+    limit = limit_bytes()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         from filelock import FileLock  # a dependency of torch; an OS lock, released when a killed process ends
 
         lock = FileLock(str(folder) + ".lock")
         lock.acquire()
+        os.utime(lock.lock_file)  # this folder's last use, for the eviction order
     except OSError as e:
         _warn(e)
         return compute(x)
     try:
-        return _lookup_or_compute(folder, x, digests, width, compute)
+        features, wrote = _lookup_or_compute(folder, x, digests, width, compute)
     finally:
         lock.release()
+    if wrote:
+        evict(limit, keep=folder)
+    return features
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+def evict(limit: int, keep: Path) -> None:
+    """Delete the least recently used folders other than `keep` until the cache holds at most `limit`
+    bytes. A folder whose lock another process holds is skipped; errors leave a folder in place."""
+    import shutil
+
+    from filelock import FileLock, Timeout
+
+    try:
+        folders = [f for f in features_dir().iterdir() if f.is_dir()]
+        sizes = {f: _size(f) for f in folders}
+    except OSError:
+        return
+    total = sum(sizes.values())
+    last_use = {f: (Path(str(f) + ".lock").stat().st_mtime if Path(str(f) + ".lock").exists() else 0.0)
+                for f in folders}
+    for folder in sorted((f for f in folders if f != keep), key=last_use.get):
+        if total <= limit:
+            return
+        lock = FileLock(str(folder) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            continue
+        try:
+            shutil.rmtree(folder)
+            total -= sizes[folder]
+        except OSError:
+            pass
+        finally:
+            lock.release()
 
 
 def _warn(error: OSError) -> None:
@@ -217,7 +279,8 @@ def _warn(error: OSError) -> None:
 
 
 def _lookup_or_compute(folder: Path, x: torch.Tensor, digests: list[bytes], width: int,
-                       compute: Callable[[torch.Tensor], np.ndarray]) -> np.ndarray:
+                       compute: Callable[[torch.Tensor], np.ndarray]) -> tuple[np.ndarray, bool]:
+    """The features of x, and whether a new shard was written."""
     wanted: dict[bytes, list[int]] = {}  # digest -> positions in x (a repeated row is computed once)
     for i, d in enumerate(digests):
         wanted.setdefault(d, []).append(i)
@@ -235,7 +298,7 @@ def _lookup_or_compute(folder: Path, x: torch.Tensor, digests: list[bytes], widt
             for k, (d, _) in enumerate(hits):
                 out[wanted.pop(d)] = block[k]
     if not wanted:
-        return out
+        return out, False
     missing = [positions[0] for positions in wanted.values()]  # first occurrences, in input order
     new = compute(x if len(missing) == len(x) else x[torch.as_tensor(missing)])
     new = np.ascontiguousarray(new, dtype=np.float32)
@@ -246,8 +309,10 @@ def _lookup_or_compute(folder: Path, x: torch.Tensor, digests: list[bytes], widt
     rows = np.frombuffer(b"".join(wanted), np.uint8).reshape(-1, DIGEST_BYTES)
     name = _hex(_hash(rows.tobytes()))
     try:
+        folder.mkdir(parents=True, exist_ok=True)  # another process may have evicted it before this one's lock
         _save_atomic(folder / f"{name}.features.npy", new)  # features first: the rows file makes the shard visible
         _save_atomic(folder / f"{name}.rows.npy", rows)
     except OSError as e:
         _warn(e)
-    return out
+        return out, False
+    return out, True
