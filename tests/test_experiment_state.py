@@ -20,6 +20,7 @@ import pytest
 from medtransfer.api import experiment
 from medtransfer.errors import MedTransferError
 from medtransfer.experiment import CellsFailed, load_config
+from medtransfer.experiment.grid import grid
 from medtransfer.experiment.store import forget_engine
 from medtransfer.pipeline import TransferRequest
 from medtransfer.pipeline.preflight import preflight
@@ -114,6 +115,18 @@ def test_a_grid_begun_under_other_defaults_is_refused_naming_the_change(tmp_path
     assert "--overwrite" in message and checksums(out) == before
     experiment(config, out=out, progress=False, overwrite=True)
     assert json.loads((out / "defaults.json").read_text())["TRAINING"]["tabular"]["epochs"] == 7
+
+
+def test_a_worker_refuses_a_cell_when_the_code_changed_since_the_grid_started(tmp_path):
+    """Workers import the code on disk: after an upgrade or an edit mid-grid they would run other code (and
+    cache keys) than the cells before them. The main process's code digest travels with each cell."""
+    from medtransfer.experiment.runner import _worker, code_digest
+    config = load_config(write(tmp_path, ONE))[0]
+    cell = grid(config)[0]
+    assert code_digest() == code_digest()
+    with pytest.raises(MedTransferError, match="code changed on disk since this experiment started") as info:
+        _worker(cell, tmp_path / "cell", 1, config=config, data_root=None, code="0" * 64)
+    assert "\n" not in str(info.value) and not (tmp_path / "cell").exists()
 
 
 def test_out_holding_unrelated_files_is_refused(tmp_path):

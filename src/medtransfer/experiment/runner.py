@@ -65,8 +65,29 @@ def run_cell(cell: Cell, out: Path, config: ExperimentConfig, data_root: str | N
     transfer(cell_request(cell, out, config, data_root, progress))
 
 
-def _worker(cell: Cell, out: Path, threads: int, *, config: ExperimentConfig, data_root: str | None) -> str:
-    """One cell in a worker process (local or Ray), with `threads` torch threads."""
+def code_digest() -> str:
+    """sha256 of every .py file of the installed medtransfer package (paths relative to it): what code a cell
+    runs, whatever the version string says (an editable install keeps its version across edits)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    sha = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        sha.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return sha.hexdigest()
+
+
+def _worker(cell: Cell, out: Path, threads: int, *, config: ExperimentConfig, data_root: str | None,
+            code: str) -> str:
+    """One cell in a worker process (local or Ray), with `threads` torch threads. Workers import the code on
+    disk when they start and as they go; `code` is the main process's `code_digest`, so a cell that would run
+    other code (medtransfer upgraded or edited while the grid runs) fails in one line instead of mixing code
+    versions (and cache keys) in one grid."""
+    if code_digest() != code:
+        raise MedTransferError("medtransfer's code changed on disk since this experiment started (an upgrade or "
+                               "an edit), so this cell would run other code than the grid's other cells; run the experiment "
+                               "again to go on with the new code (finished cells keep the old code's results; "
+                               "--overwrite runs them all again)")
     import torch
     torch.set_num_threads(threads)
     run_cell(cell, out, config, data_root)
@@ -166,7 +187,7 @@ def run_locked(config: ExperimentConfig, text: str, out: Path, jobs: int, data_r
                 bar.update(f"cells  {folder.name}")
                 finish(cell, folder, attempt(lambda: run_cell(cell, folder, config, data_root, shown)))
             if rest and not here:
-                work = functools.partial(_worker, config=config, data_root=data_root)
+                work = functools.partial(_worker, config=config, data_root=data_root, code=code_digest())
                 EXECUTORS[backend](rest, work, jobs, finish, **(options or {}))
     finally:
         frame = results.write()
