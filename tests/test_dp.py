@@ -187,9 +187,10 @@ def test_runs_without_dp_take_the_plain_path(tmp_path):
 
 
 def test_a_cell_without_dp_keeps_its_id():
-    cell = Cell("heart:va", "heart:cleveland", "mlp", "head", "20", 0)  # head: its id holds no layer decay
-    old = hashlib.sha256(json.dumps([{k: v for k, v in asdict(cell).items() if k != "dp"}, {}],
-                                    sort_keys=True).encode()).hexdigest()[:8]
+    from medtransfer.experiment.grid import defaults_table
+    cell = Cell("heart:va", "heart:cleveland", "mlp", "head", "20", 0)  # the coordinates without the dp axis
+    old = hashlib.sha256(json.dumps([{k: v for k, v in asdict(cell).items() if k != "dp"},
+                                     {"defaults": defaults_table()}], sort_keys=True).encode()).hexdigest()[:8]
     assert cell.id({}) == f"va_cleveland_mlp_head_20_s0_{old}"
     private = Cell("heart:va", "heart:cleveland", "mlp", "head", "20", 0, "epsilon=1")
     assert private.id({}).startswith("va_cleveland_mlp_head_20_s0_dp-epsilon-1_") and private.id({}) != cell.id({})
