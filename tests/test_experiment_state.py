@@ -104,8 +104,8 @@ def test_a_grid_begun_under_other_defaults_is_refused_naming_the_change(tmp_path
     out = tmp_path / "exp"
     config = write(tmp_path, ONE)
     experiment(config, out=out, progress=False)
-    assert json.loads((out / "defaults.json").read_text())["TRAINING"]["tabular"]["epochs"] == TRAINING["tabular"]["epochs"]
     before, epochs = checksums(out), TRAINING["tabular"]["epochs"]
+    assert json.loads((out / "defaults.json").read_text())["TRAINING"]["tabular"]["epochs"] == epochs
     monkeypatch.setitem(TRAINING, "tabular", TRAINING["tabular"] | {"epochs": 7})
     with pytest.raises(MedTransferError) as info:
         experiment(config, out=out, progress=False)

@@ -85,9 +85,9 @@ def _worker(cell: Cell, out: Path, threads: int, *, config: ExperimentConfig, da
     versions (and cache keys) in one grid."""
     if code_digest() != code:
         raise MedTransferError("medtransfer's code changed on disk since this experiment started (an upgrade or "
-                               "an edit), so this cell would run other code than the grid's other cells; run the experiment "
-                               "again to go on with the new code (finished cells keep the old code's results; "
-                               "--overwrite runs them all again)")
+                               "an edit), so this cell would run other code than the grid's other cells; run the "
+                               "experiment again to go on with the new code (finished cells keep the old code's "
+                               "results; --overwrite runs them all again)")
     import torch
     torch.set_num_threads(threads)
     run_cell(cell, out, config, data_root)

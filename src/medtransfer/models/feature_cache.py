@@ -241,6 +241,14 @@ def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
+def _last_use(folder: Path) -> float:
+    """When the folder was last used (its lock file's mtime; 0 when it has none: evicted first)."""
+    try:
+        return Path(str(folder) + ".lock").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def evict(limit: int, keep: Path) -> None:
     """Delete the least recently used folders other than `keep` until the cache holds at most `limit`
     bytes. A folder whose lock another process holds is skipped; errors leave a folder in place."""
@@ -254,8 +262,7 @@ def evict(limit: int, keep: Path) -> None:
     except OSError:
         return
     total = sum(sizes.values())
-    last_use = {f: (Path(str(f) + ".lock").stat().st_mtime if Path(str(f) + ".lock").exists() else 0.0)
-                for f in folders}
+    last_use = {f: _last_use(f) for f in folders}
     for folder in sorted((f for f in folders if f != keep), key=last_use.get):
         if total <= limit:
             return
