@@ -120,13 +120,38 @@ def test_a_grid_begun_under_other_defaults_is_refused_naming_the_change(tmp_path
 def test_a_worker_refuses_a_cell_when_the_code_changed_since_the_grid_started(tmp_path):
     """Workers import the code on disk: after an upgrade or an edit mid-grid they would run other code (and
     cache keys) than the cells before them. The main process's code digest travels with each cell."""
-    from medtransfer.experiment.runner import _worker, code_digest
+    from medtransfer.experiment.runner import _worker
+    from medtransfer.runs import code_digest
     config = load_config(write(tmp_path, ONE))[0]
     cell = grid(config)[0]
     assert code_digest() == code_digest()
     with pytest.raises(MedTransferError, match="code changed on disk since this experiment started") as info:
         _worker(cell, tmp_path / "cell", 1, config=config, data_root=None, code="0" * 64)
     assert "\n" not in str(info.value) and not (tmp_path / "cell").exists()
+
+
+def test_a_code_change_mid_grid_fails_later_cells_here_too_and_a_resume_names_the_old_cells(tmp_path, monkeypatch):
+    """Cells run in this process (--jobs 1, each source's first cell) import code lazily as well: after an edit
+    they are refused like a worker's. A resume keeps the finished cells and says they ran other code."""
+    import io
+
+    from rich.console import Console
+
+    from medtransfer.experiment import runner
+    config, out = write(tmp_path, ONE.replace("seeds: 1", "seeds: 2")), tmp_path / "exp"
+    real = runner.code_digest()
+    digests = iter([real, real])  # the grid's start, the first cell; then medtransfer is "edited"
+    monkeypatch.setattr(runner, "code_digest", lambda: next(digests, "e" * 64))
+    with pytest.raises(CellsFailed) as info:
+        experiment(config, out=out, progress=False, report=False)
+    assert len(info.value.failed) == 1 and "code changed on disk" in next(iter(info.value.failed.values()))
+    finished = [f for f in (out / "cells").iterdir() if (f / "metrics.json").is_file()]
+    assert len(finished) == 1
+    assert json.loads((finished[0] / "config.json").read_text())["versions"]["medtransfer_code"] == real[:16]
+    text = io.StringIO()
+    experiment(config, out=out, progress=False, report=False, console=Console(file=text, width=80))
+    assert "note: 1 finished cell of this folder ran other medtransfer code" in " ".join(text.getvalue().split())
+    assert len(pd.read_csv(out / "results.csv")) == 2
 
 
 def test_out_holding_unrelated_files_is_refused(tmp_path):

@@ -5,6 +5,7 @@ new run is written beside it and swapped in only once complete, so a failure los
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -22,6 +23,22 @@ from .errors import MedTransferError
 def clean_name(text) -> str:
     """A file-name-safe piece of a run or cell name: runs of other characters become one dash."""
     return re.sub(r"[^A-Za-z0-9.%-]+", "-", str(text)).strip("-")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 (hex) of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 of every .py file of the installed medtransfer package (with its path inside it): which code
+    a run ran, whatever the version string says (an editable install keeps its version across edits).
+    Recorded in every run's config.json; a grid's cells check it (`experiment.runner`)."""
+    root = Path(__file__).resolve().parent
+    sha = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        sha.update(f"{path.relative_to(root).as_posix()}\0{file_digest(path)}\0".encode())
+    return sha.hexdigest()
 
 
 def default_run_dir(*parts: str, root: str = "runs") -> Path:

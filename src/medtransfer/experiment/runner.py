@@ -34,7 +34,7 @@ from ..errors import MedTransferError
 from ..pipeline import DataOptions, Output, TrainOptions, TransferRequest, transfer
 from ..pipeline.preflight import preflight
 from ..progress import SILENT, Progress, RichProgress, rich_bar
-from ..runs import write_json
+from ..runs import code_digest, read_json, write_json
 from .config import DP_NONE, NO_SOURCE, ExperimentConfig, load_config
 from .folder import DEFAULTS, claim, folder_lock
 from .grid import Cell, defaults_table, grid, settings_of
@@ -65,33 +65,38 @@ def run_cell(cell: Cell, out: Path, config: ExperimentConfig, data_root: str | N
     transfer(cell_request(cell, out, config, data_root, progress))
 
 
-def code_digest() -> str:
-    """sha256 of every .py file of the installed medtransfer package (paths relative to it): what code a cell
-    runs, whatever the version string says (an editable install keeps its version across edits)."""
-    import hashlib
-
-    root = Path(__file__).resolve().parent.parent
-    sha = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        sha.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return sha.hexdigest()
-
-
-def _worker(cell: Cell, out: Path, threads: int, *, config: ExperimentConfig, data_root: str | None,
-            code: str) -> str:
-    """One cell in a worker process (local or Ray), with `threads` torch threads. Workers import the code on
-    disk when they start and as they go; `code` is the main process's `code_digest`, so a cell that would run
-    other code (medtransfer upgraded or edited while the grid runs) fails in one line instead of mixing code
-    versions (and cache keys) in one grid."""
+def check_code(code: str) -> None:
+    """Refuse a cell when medtransfer's code on disk is not `code` (the grid's, taken when it started).
+    Cells import code lazily, in workers and in this process alike, so an upgrade or an edit while the grid
+    runs would otherwise mix code versions (and cache keys) in one grid."""
     if code_digest() != code:
         raise MedTransferError("medtransfer's code changed on disk since this experiment started (an upgrade or "
                                "an edit), so this cell would run other code than the grid's other cells; run the "
                                "experiment again to go on with the new code (finished cells keep the old code's "
                                "results; --overwrite runs them all again)")
+
+
+def _worker(cell: Cell, out: Path, threads: int, *, config: ExperimentConfig, data_root: str | None,
+            code: str) -> str:
+    """One cell in a worker process (local or Ray), with `threads` torch threads, if the code is the grid's."""
+    check_code(code)
     import torch
     torch.set_num_threads(threads)
     run_cell(cell, out, config, data_root)
     return str(out)
+
+
+def other_code(cells: list, code: str) -> int:
+    """How many finished cells record another medtransfer code digest than `code` (or none: made before it
+    was recorded). They are kept, and said: a resume never re-runs finished cells by itself."""
+    return sum(1 for _, folder in cells if done(folder) and _code_of(folder) != code[:16])
+
+
+def _code_of(folder: Path) -> str | None:
+    try:
+        return read_json(folder / "config.json")["versions"]["medtransfer_code"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class CellsFailed(MedTransferError):
@@ -157,6 +162,11 @@ def run_locked(config: ExperimentConfig, text: str, out: Path, jobs: int, data_r
                   soft_wrap=True)
     for reason, count in Counter(refused.values()).items():
         say(f"refused {count} cell{'s' * (count > 1)} before training: {reason}")
+    code = code_digest()
+    if older := other_code(cells, code):
+        say(f"note: {older} finished cell{'s' * (older > 1)} of this folder ran other medtransfer code than this "
+            "run's (an upgrade or an edit since), or code not recorded; they are kept, not run again (--overwrite "
+            "runs every cell again)")
     results = Results(out, cells)
     tracker = Tracker.open(out, config.name, replace, say)
     if tracker.client is None:
@@ -185,9 +195,10 @@ def run_locked(config: ExperimentConfig, text: str, out: Path, jobs: int, data_r
             here = backend == "local" and jobs <= 1  # every cell in this process
             for cell, folder in first + (rest if here else []):
                 bar.update(f"cells  {folder.name}")
-                finish(cell, folder, attempt(lambda: run_cell(cell, folder, config, data_root, shown)))
+                finish(cell, folder, attempt(lambda: (check_code(code), run_cell(cell, folder, config, data_root,
+                                                                                  shown))))
             if rest and not here:
-                work = functools.partial(_worker, config=config, data_root=data_root, code=code_digest())
+                work = functools.partial(_worker, config=config, data_root=data_root, code=code)
                 EXECUTORS[backend](rest, work, jobs, finish, **(options or {}))
     finally:
         frame = results.write()

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..runs import file_digest
 
 FORMAT_VERSION = 1  # bump when what a shard means changes (layout, dtype, what the key covers)
 DIGEST_BYTES = 16  # sha256, truncated: it runs on the CPU's SHA extensions, here faster than blake2b
@@ -112,7 +113,7 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
 @functools.lru_cache(maxsize=None)
 def _file_digest(path: str) -> str:
     try:
-        return _hex(_hash(Path(path).read_bytes()))
+        return file_digest(path)[:2 * DIGEST_BYTES]
     except OSError:
         return "unreadable"
 

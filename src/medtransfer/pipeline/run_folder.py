@@ -15,7 +15,7 @@ from ..data import TaskDataset
 from ..errors import MedTransferError
 from ..models.backbones import Classifier
 from ..models.checkpoint import save_checkpoint
-from ..runs import check_writable, commit_dir, default_run_dir, dumps, staging_dir, strict, write_json
+from ..runs import check_writable, code_digest, commit_dir, default_run_dir, dumps, staging_dir, strict, write_json
 from .model_card import model_card
 from .multi_source import MULTI_SOURCE_TASK
 from .request import Output
@@ -37,9 +37,11 @@ class RunResult:
 
 
 def versions() -> dict:
+    """The software a run ran with; `medtransfer_code` tells apart two edits of one version (`runs.code_digest`)."""
     import timm
-    return {"medtransfer": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    return {"medtransfer": __version__, "medtransfer_code": code_digest()[:16], "torch": torch.__version__,
+            "timm": timm.__version__, "python": platform.python_version(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
 def output_dir(output: Output, *default_parts, root: str = "runs") -> Path | None:
