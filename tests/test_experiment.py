@@ -128,6 +128,20 @@ def test_grid_runs_baselines_once_and_skips_what_a_backbone_cannot_do():
     assert len(cells) == 6 * 2
 
 
+def test_parallel_cells_alternate_sources_so_workers_do_not_wait_on_one_feature_cache():
+    """In grid order two workers would ask for one source's features at once (seeds side by side) and one
+    would wait on that model's cache lock; interleaved, neighbours use different sources. Same cells."""
+    from medtransfer.experiment.runner import interleaved
+    config = ExperimentConfig(name="g", targets=["heart:va"], sources=["a.pt", "b.pt"],
+                              strategies=["linear-probe"], budgets=[10, 20], seeds=2)
+    todo = [(cell, None) for cell in grid(config)]
+    assert [c.source for c, _ in todo] == ["a.pt"] * 4 + ["b.pt"] * 4
+    mixed = [cell for cell, _ in interleaved(todo)]
+    assert [c.source for c in mixed] == ["a.pt", "b.pt"] * 4
+    assert sorted(mixed, key=repr) == sorted((c for c, _ in todo), key=repr)
+    assert [c for c in mixed if c.source == "a.pt"] == [c for c, _ in todo if c.source == "a.pt"]
+
+
 # ----------------------------------------------------------------------------- running and resuming
 
 

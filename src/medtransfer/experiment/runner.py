@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import shutil
 import traceback
@@ -199,7 +200,7 @@ def run_locked(config: ExperimentConfig, text: str, out: Path, jobs: int, data_r
                                                                                   shown))))
             if rest and not here:
                 work = functools.partial(_worker, config=config, data_root=data_root, code=code)
-                EXECUTORS[backend](rest, work, jobs, finish, **(options or {}))
+                EXECUTORS[backend](interleaved(rest), work, jobs, finish, **(options or {}))
     finally:
         frame = results.write()
     tracker.sync(cells)
@@ -241,6 +242,17 @@ def split_first_per_source(todo: list) -> tuple[list, list]:
         (rest if key in seen or cell.source == NO_SOURCE else first).append((cell, folder))
         seen.add(key)
     return first, rest
+
+
+def interleaved(todo: list) -> list:
+    """The cells round-robin over their (source, backbone), in grid order within each. In grid order the
+    seeds of one source and budget sit side by side, so parallel workers asked for the same source's
+    features at once: one computed them on its core while the others waited on that model's feature-cache
+    lock. Interleaved, they compute different sources' features side by side. Results do not depend on it."""
+    groups: dict[tuple, list] = {}
+    for cell, folder in todo:
+        groups.setdefault((cell.source, cell.backbone), []).append((cell, folder))
+    return [item for batch in itertools.zip_longest(*groups.values()) for item in batch if item is not None]
 
 
 def run_parallel(todo: list, work: Callable, jobs: int, on_done) -> None:
