@@ -126,7 +126,7 @@ def test_a_worker_refuses_a_cell_when_the_code_changed_since_the_grid_started(tm
     cell = grid(config)[0]
     assert code_digest() == code_digest()
     with pytest.raises(MedTransferError, match="code changed on disk since this experiment started") as info:
-        _worker(cell, tmp_path / "cell", 1, config=config, data_root=None, code="0" * 64)
+        _worker(cell, tmp_path / "cell", 1, config=config, data_root=None, code="0" * 16)
     assert "\n" not in str(info.value) and not (tmp_path / "cell").exists()
 
 
@@ -141,13 +141,13 @@ def test_a_code_change_mid_grid_fails_later_cells_here_too_and_a_resume_names_th
     config, out = write(tmp_path, ONE.replace("seeds: 1", "seeds: 2")), tmp_path / "exp"
     real = runner.code_digest()
     digests = iter([real, real])  # the grid's start, the first cell; then medtransfer is "edited"
-    monkeypatch.setattr(runner, "code_digest", lambda: next(digests, "e" * 64))
+    monkeypatch.setattr(runner, "code_digest", lambda: next(digests, "e" * 16))
     with pytest.raises(CellsFailed) as info:
         experiment(config, out=out, progress=False, report=False)
     assert len(info.value.failed) == 1 and "code changed on disk" in next(iter(info.value.failed.values()))
     finished = [f for f in (out / "cells").iterdir() if (f / "metrics.json").is_file()]
     assert len(finished) == 1
-    assert json.loads((finished[0] / "config.json").read_text())["versions"]["medtransfer_code"] == real[:16]
+    assert json.loads((finished[0] / "config.json").read_text())["versions"]["medtransfer_code"] == real
     text = io.StringIO()
     experiment(config, out=out, progress=False, report=False, console=Console(file=text, width=80))
     assert "note: 1 finished cell of this folder ran other medtransfer code" in " ".join(text.getvalue().split())

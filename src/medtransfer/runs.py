@@ -25,20 +25,26 @@ def clean_name(text) -> str:
     return re.sub(r"[^A-Za-z0-9.%-]+", "-", str(text)).strip("-")
 
 
-def file_digest(path: Path) -> str:
-    """sha256 (hex) of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_digest(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MB blocks: what a file holds, wherever it lives (dataset
+    fingerprints, the feature cache's code key, `code_digest`)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def code_digest() -> str:
-    """sha256 of every .py file of the installed medtransfer package (with its path inside it): which code
-    a run ran, whatever the version string says (an editable install keeps its version across edits).
-    Recorded in every run's config.json; a grid's cells check it (`experiment.runner`)."""
+    """16 hex of the sha256 of every .py file of the installed medtransfer package (with its path inside it):
+    which code a run ran, whatever the version string says (an editable install keeps its version across
+    edits). Recorded in every run's config.json (`versions`); a grid's cells check it (`experiment.runner`).
+    About 6 ms: read again at each call, so an edit on disk is seen."""
     root = Path(__file__).resolve().parent
     sha = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         sha.update(f"{path.relative_to(root).as_posix()}\0{file_digest(path)}\0".encode())
-    return sha.hexdigest()
+    return sha.hexdigest()[:16]
 
 
 def default_run_dir(*parts: str, root: str = "runs") -> Path:

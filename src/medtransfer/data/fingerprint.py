@@ -18,24 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runs import file_digest
 from .base import TaskDataset
-
-CHUNK = 1 << 20
-
 
 def digest(*parts) -> str:
     """A short stable digest of JSON-able parts (paths and other objects as their text)."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes: what a small file (a CSV) holds, wherever it lives."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 @functools.lru_cache(maxsize=64)

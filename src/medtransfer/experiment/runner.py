@@ -90,7 +90,7 @@ def _worker(cell: Cell, out: Path, threads: int, *, config: ExperimentConfig, da
 def other_code(cells: list, code: str) -> int:
     """How many finished cells record another medtransfer code digest than `code` (or none: made before it
     was recorded). They are kept, and said: a resume never re-runs finished cells by itself."""
-    return sum(1 for _, folder in cells if done(folder) and _code_of(folder) != code[:16])
+    return sum(1 for _, folder in cells if done(folder) and _code_of(folder) != code)
 
 
 def _code_of(folder: Path) -> str | None:

@@ -39,7 +39,7 @@ class RunResult:
 def versions() -> dict:
     """The software a run ran with; `medtransfer_code` tells apart two edits of one version (`runs.code_digest`)."""
     import timm
-    return {"medtransfer": __version__, "medtransfer_code": code_digest()[:16], "torch": torch.__version__,
+    return {"medtransfer": __version__, "medtransfer_code": code_digest(), "torch": torch.__version__,
             "timm": timm.__version__, "python": platform.python_version(),
             "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
