@@ -23,6 +23,7 @@ from torch import nn
 
 from ..defaults import EVAL_BATCH_SIZE
 from . import feature_cache
+from .kinds.stack import SourceStack
 
 
 @contextlib.contextmanager
@@ -103,9 +104,14 @@ def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_B
     """Backbone features (`model.features`), float32, in eval mode, on `device` (default: the model's).
     With `cache` (and MEDTRANSFER_FEATURE_CACHE not 0) rows already extracted by this exact model are
     read from the feature cache and new rows are stored there: the key covers the weights and the input
-    bytes, and extraction is always in eval mode, so a hit is what computing would give."""
+    bytes, and extraction is always in eval mode, so a hit is what computing would give. A stack's
+    preprocess passes images through unchanged, so its features are its members', each as computed alone
+    (the entries a linear probe of that source alone wrote)."""
     if len(x) == 0:
         return np.zeros((0, model.num_features), np.float32)
+    if isinstance(getattr(model, "backbone", None), SourceStack):  # each member's features, and cache entry, alone
+        return np.concatenate([extract_features(m, x, batch_size, cache, device) for m in model.backbone.members],
+                              axis=1)
     device = device or device_of(model)
 
     def compute(rows: torch.Tensor) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import defaults
+from ..data import is_dataset_spec
 from ..errors import MedTransferError
 from .backbones import DEFAULT_IMAGE_SIZE, Classifier, InputSpec, create_model, describe, pick_size
 from .channels import adapt_channels, adaptation_problem, channels_adaptable
@@ -17,6 +18,7 @@ from .checkpoint import META, load_checkpoint, load_state_strict, read_weights
 from .kinds import KINDS
 
 IMAGENET_IMAGE_SIZE = defaults.IMAGENET_IMAGE_SIZE
+STACK = "stack:"  # --source stack:A+B+...: several sources' features side by side (`stack_source`)
 
 
 @dataclass
@@ -42,9 +44,46 @@ def load_source_model(spec: str, modality: str, channels: int, backbone: str | N
                       image_size: int | None = None, n_features: int = 0) -> Source:
     """A source given as weights (not a dataset) -> a Classifier whose backbone holds them, fitted to
     the target's `channels` (`fit_source`: grey <-> RGB adapted, an impossible mismatch refused here).
-    n_features: the target's encoded table width (tabular), which a bare MLP weights file is built for."""
+    n_features: the target's encoded table width (tabular), which a bare MLP weights file is built for.
+    `stack:A+B+...`: every member loaded so, side by side (`stack_source`)."""
+    if spec.startswith(STACK):
+        return stack_source(spec, modality, channels, backbone, image_size)
     return fit_source(read_source_model(spec, modality, channels, backbone, image_size, n_features),
                       modality, channels)
+
+
+def stack_source(spec: str, modality: str, channels: int, backbone: str | None, image_size) -> Source:
+    """`stack:A+B+...`: each member a source of weights loaded as it would be alone (its own input size,
+    normalisation and channel fit), their features concatenated (`kinds.stack`). The stack's preprocess
+    passes the images through unchanged; it takes the fewest channels any member takes (an RGB image
+    cannot go into a member fitted to grey ones)."""
+    names = spec[len(STACK):].split("+")
+    if len(names) < 2 or not all(names):
+        raise MedTransferError(f"source {spec!r}: a stack joins two or more sources with '+', e.g. "
+                               "stack:imagenet:efficientnet_lite0+imagenet:efficientnet_lite1")
+    if modality != "image2d":
+        raise MedTransferError(f"source {spec!r}: a stack combines 2D image models, the target is {modality}")
+    for name in names:
+        if name.startswith(STACK) or is_dataset_spec(name):
+            raise MedTransferError(f"stack member {name!r} is not weights: a stack combines imagenet:, timm:, run "
+                                   "folders and weights files; pretrain a source dataset first (medtransfer "
+                                   f"transfer --data {name} --strategy scratch --out runs/<name>) and stack its run "
+                                   "folder")
+    sources = [load_source_model(name, modality, channels, backbone, image_size) for name in names]
+    for name, source in zip(names, sources):
+        if source.model.spec.modality != "image2d":
+            raise MedTransferError(f"stack member {name!r} takes {source.model.spec.modality} inputs; a stack "
+                                   "combines 2D image models")
+    members = [{"source": name, "architecture": s.model.architecture, "input": s.model.spec.to_dict()}
+               for name, s in zip(names, sources)]
+    arch = {"kind": "stack", "name": spec, "members": members}
+    spec_ = InputSpec("image2d", min(s.model.spec.channels for s in sources), None, (0.0,), (1.0,))
+    model = create_model(arch, spec_, num_outputs=1)
+    for slot, source in zip(model.backbone.members, sources):
+        load_state_strict(slot, {k: v for k, v in source.model.state_dict().items() if not k.startswith("head.")},
+                          f"stack member {source.description}")
+    notes = "; ".join(dict.fromkeys(s.adaptation for s in sources if s.adaptation)) or None  # each note once
+    return Source(model, f"stack of {' + '.join(names)}" + (f"; {notes}" if notes else ""), None, adaptation=notes)
 
 
 def read_source_model(spec: str, modality: str, channels: int, backbone: str | None = None,
