@@ -147,6 +147,11 @@ CASES = [
                                 "--epochs", "1", "--quiet"], "tabular"),
     ("source-imagenet-unknown", [*TO_HUNGARY, "--strategy", "full", "--source", "imagenet:nosuchnet"],
      "nosuchnet"),
+    ("source-stack-of-one", ["transfer", "--data", "folder:img/grey", "--source", "stack:imagenet:efficientnet_lite0",
+                             "--strategy", "linear-probe", "--quiet"], "two or more sources"),
+    ("source-stack-of-a-dataset", ["transfer", "--data", "folder:img/grey", "--strategy", "linear-probe", "--quiet",
+                                   "--source", "stack:imagenet:efficientnet_lite0+heart:cleveland"],
+     "pretrain a source dataset first"),
     # outputs
     ("out-exists", [*HUNGARY, "--out", "run"], "already exists"),
     ("out-read-only", [*HUNGARY, "--out", "ro/new-run"], "ro"),

@@ -22,12 +22,13 @@ SCRATCH = dict(backbone="test_resnet", epochs=1, progress=False, n_boot=10)
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory) -> tuple[str, Path, Path]:
-    """A grey image folder and two sources trained on it at different input sizes (16 and 24 px)."""
+    """A grey image folder and two sources trained on it at different input sizes (16 and 24 px), one calibrated."""
     root = tmp_path_factory.mktemp("stack")
     write_images(root / "images")
     data = f"folder:{root / 'images'}"
     small = mt.transfer(data, "scratch", image_size=16, out=root / "small", **SCRATCH).out
-    large = mt.transfer(data, "scratch", image_size=24, seed=1, out=root / "large", **SCRATCH).out
+    large = mt.transfer(data, "scratch", image_size=24, seed=1, calibrate="temperature", out=root / "large",
+                        **SCRATCH).out  # a run with a calibration module: a member takes its backbone only
     return data, small, large
 
 

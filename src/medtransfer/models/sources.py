@@ -80,8 +80,8 @@ def stack_source(spec: str, modality: str, channels: int, backbone: str | None, 
     spec_ = InputSpec("image2d", min(s.model.spec.channels for s in sources), None, (0.0,), (1.0,))
     model = create_model(arch, spec_, num_outputs=1)
     for slot, source in zip(model.backbone.members, sources):
-        load_state_strict(slot, {k: v for k, v in source.model.state_dict().items() if not k.startswith("head.")},
-                          f"stack member {source.description}")
+        weights = {k: v for k, v in source.model.state_dict().items() if k.startswith("backbone.")}  # no head,
+        load_state_strict(slot, weights, f"stack member {source.description}")  # no calibration: features only
     notes = "; ".join(dict.fromkeys(s.adaptation for s in sources if s.adaptation)) or None  # each note once
     return Source(model, f"stack of {' + '.join(names)}" + (f"; {notes}" if notes else ""), None, adaptation=notes)
 
