@@ -84,3 +84,14 @@ def test_what_a_stack_cannot_do_is_refused_with_the_reason(members, tmp_path):
     flat = mt.transfer(data, "full", source=stack, save=False, epochs=1, layer_decay="flat", progress=False,
                        n_boot=10)
     assert flat.metrics["test"]["auc"]["value"] >= 0
+
+
+def test_rank_scores_a_stack_beside_its_members_and_names_a_bad_member(members):
+    data, small, large = members
+    stack = f"stack:{small}+{large}"
+    result = mt.rank(data, [str(small), str(large), stack], progress=False)
+    scores = {s.source: s for s in result.scores}
+    assert all(scores[s].logme is not None for s in (str(small), str(large), stack))
+    assert scores[stack].leep is None  # features only: a stack has no source head
+    with pytest.raises(MedTransferError, match="unknown source 'imagenet:nosuchnet'"):
+        mt.rank(data, [str(small), f"stack:{small}+imagenet:nosuchnet"], progress=False)

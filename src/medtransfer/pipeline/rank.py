@@ -26,7 +26,7 @@ from ..evaluation.transferability import leep, logme, nce
 from ..models.backbones import spec_for
 from ..models.checkpoint import read_meta
 from ..models.inference import extract_features, predict_proba
-from ..models.sources import Source, check_compatible, fit_source, run_folder
+from ..models.sources import STACK, Source, check_compatible, fit_source, run_folder
 from ..progress import SILENT, Progress
 from ..runs import check_writable, commit_dir, staging_dir, write_json
 from ..strategies import STRATEGIES, get_strategy
@@ -94,6 +94,11 @@ def check_source_spec(spec: str) -> None:
     if is_multi_source(spec):
         parse_multi_spec(spec)
         return
+    if spec.startswith(STACK):  # each member named right; what a stack cannot hold is its row's reason
+        for member in spec[len(STACK):].split("+"):
+            if member:
+                check_source_spec(member)
+        return
     if spec.startswith("imagenet:"):
         from ..models.imagenet import IMAGENET_SOURCES
         if spec.partition(":")[2] not in IMAGENET_SOURCES:
@@ -103,7 +108,7 @@ def check_source_spec(spec: str) -> None:
     if spec.startswith("timm:") and spec.partition(":")[2]:
         return
     raise MedTransferError(f"unknown source {spec!r}: give a run folder, a weights file, imagenet:<name>, timm:<name>, "
-                           "multi:<dataset>,<dataset>,… or a source dataset (medtransfer datasets lists the schemes)")
+                           "multi:<dataset>,<dataset>,…, stack:<source>+<source>+… or a source dataset (medtransfer datasets lists the schemes)")
 
 
 @dataclass
@@ -225,7 +230,7 @@ def scores_of(request: RankRequest, spec: str, source: Source, head: str | None,
             row.note = "no LEEP / NCE: they need a single-label target"
         elif not source.classes or head not in SINGLE_LABEL:
             row.note = ("no LEEP / NCE: the source has no single-label classifier head with known classes "
-                        "(ImageNet, timm, self-supervised and multi-dataset sources give features only)")
+                        "(ImageNet, timm, self-supervised, multi-dataset and stacked sources give features only)")
         else:
             prob = predict_proba(model, train.x, head)
             row.leep, row.nce = leep(prob, y), nce(prob.argmax(axis=1), y)
