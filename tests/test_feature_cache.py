@@ -5,7 +5,11 @@ off, and a linear probe run twice computes its features once (evaluation include
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +241,84 @@ def test_a_linear_probe_run_twice_computes_its_features_once(cache, tmp_path, mo
 
     other_seed = mt.transfer(data, "linear-probe", budget=8, seed=1, **probe)  # a subset: every row seen
     assert sum(computed) == 0 and other_seed.config["n_train_labels"] == 8
+
+
+# ----------------------------------------------------------------------------- processes sharing a folder
+
+
+def features_of(model: Classifier, rows: torch.Tensor) -> np.ndarray:
+    """A stand-in for the backbone that any process computes identically: the first pixels of each row."""
+    return rows.reshape(len(rows), -1)[:, :model.num_features].numpy().astype(np.float32)
+
+
+def claimant(cache: str, x: torch.Tensor, started: str, go: str) -> None:
+    """Another grid cell: claims the rows of x, says so, and computes them only once told to."""
+    os.environ["MEDTRANSFER_CACHE"] = cache
+    model = tiny()
+
+    def compute(rows):
+        Path(started).touch()
+        while not Path(go).exists():
+            time.sleep(0.01)
+        return features_of(model, rows)
+
+    feature_cache.cached_features(model, x, compute, "cpu")
+
+
+def start_claimant(tmp_path: Path, x: torch.Tensor):
+    started, go = tmp_path / "started", tmp_path / "go"
+    process = multiprocessing.get_context("fork").Process(
+        target=claimant, args=(str(tmp_path), x, str(started), str(go)))
+    process.start()
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert started.exists(), "the other process never started computing"
+    return process, go
+
+
+def test_a_process_computes_the_rows_nobody_claimed_then_waits_for_the_others(cache, tmp_path):
+    model, x = tiny(), images(12)
+    process, go = start_claimant(tmp_path, x[:6])  # holds a claim on the first 6 rows while it computes
+    computed, safety = [], threading.Timer(20, go.touch)  # (were this process to wait, the other goes on later)
+    safety.start()
+
+    def compute(rows):
+        computed.append((len(rows), go.exists()))
+        go.touch()  # only now may the other process finish
+        return features_of(model, rows)
+
+    try:
+        got = feature_cache.cached_features(model, x, compute, "cpu")
+    finally:
+        safety.cancel()
+    process.join(60)
+    assert computed == [(6, False)]  # its own 6 rows while the other computed its 6, which it then read
+    assert process.exitcode == 0 and np.array_equal(got, features_of(model, x))
+    assert not list(cache.rglob("*.claim*"))  # claims leave nothing behind
+
+
+def test_a_killed_claimant_is_not_waited_for_its_rows_are_computed_again(cache, tmp_path):
+    model, x = tiny(), images(12)
+    process, _ = start_claimant(tmp_path, x[:6])
+    computed = []
+
+    def kill():
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGKILL)  # dies holding its claim
+            process.join(60)
+
+    safety = threading.Timer(20, kill)  # (were this process to wait for the folder, it waits this long)
+    safety.start()
+
+    def compute(rows):
+        computed.append(len(rows))
+        kill()
+        return features_of(model, rows)
+
+    try:
+        got = feature_cache.cached_features(model, x, compute, "cpu")
+    finally:
+        safety.cancel()
+    assert computed == [6, 6] and np.array_equal(got, features_of(model, x))
+    assert not list(cache.rglob("*.claim.npy"))

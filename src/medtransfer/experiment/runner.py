@@ -247,8 +247,9 @@ def split_first_per_source(todo: list) -> tuple[list, list]:
 def interleaved(todo: list) -> list:
     """The cells round-robin over their (source, backbone), in grid order within each. In grid order the
     seeds of one source and budget sit side by side, so parallel workers asked for the same source's
-    features at once: one computed them on its core while the others waited on that model's feature-cache
-    lock. Interleaved, they compute different sources' features side by side. Results do not depend on it."""
+    features at once: one computed them on its core while the others waited for the rows it had claimed in
+    the feature cache. Interleaved, they compute different sources' features side by side. Results do not
+    depend on it."""
     groups: dict[tuple, list] = {}
     for cell, folder in todo:
         groups.setdefault((cell.source, cell.backbone), []).append((cell, folder))

@@ -28,9 +28,11 @@ while in use: the limit evicts old models' features, it never refuses this run's
 
 Safety: shards are written to a temporary file and renamed into place (features first, then the
 rows that index them), so a killed process never leaves a half shard that is read. A shard that
-does not load or has the wrong shape is deleted and its rows computed again, never trusted. One
-process at a time works in a folder (an OS file lock): a second process asking for the same
-features waits and reuses them instead of computing them twice.
+does not load or has the wrong shape is deleted and its rows computed again, never trusted. Shards
+are read and written under the folder's OS file lock, but computed outside it: a process *claims*
+the missing rows nobody else is computing, computes them while other processes compute theirs (two
+grid cells on one model no longer wait for each other), and then waits for the claims covering rows
+it still needs, so no row is computed twice by live processes (`_cooperate`).
 """
 
 from __future__ import annotations
@@ -224,15 +226,12 @@ def cached_features(model: nn.Module, x: torch.Tensor, compute: Callable[[torch.
         from filelock import FileLock  # a dependency of torch; an OS lock, released when a killed process ends
 
         lock = FileLock(str(folder) + ".lock")
-        lock.acquire()
-        os.utime(lock.lock_file)  # this folder's last use, for the eviction order
+        with lock:
+            os.utime(lock.lock_file)  # this folder's last use, for the eviction order
     except OSError as e:
         _warn(e)
         return compute(x)
-    try:
-        features, wrote = _lookup_or_compute(folder, x, digests, width, compute)
-    finally:
-        lock.release()
+    features, wrote = _cooperate(folder, lock, x, digests, width, compute)
     if wrote:
         evict(limit, keep=folder)
     return features
@@ -252,7 +251,8 @@ def _last_use(folder: Path) -> float:
 
 def evict(limit: int, keep: Path) -> None:
     """Delete the least recently used folders other than `keep` until the cache holds at most `limit`
-    bytes. A folder whose lock another process holds is skipped; errors leave a folder in place."""
+    bytes. A folder whose lock another process holds, or that holds a claim, is skipped; errors leave a
+    folder in place."""
     import shutil
 
     from filelock import FileLock, Timeout
@@ -267,6 +267,8 @@ def evict(limit: int, keep: Path) -> None:
     for folder in sorted((f for f in folders if f != keep), key=last_use.get):
         if total <= limit:
             return
+        if any(folder.glob("*.claim.npy")):  # a process may be computing rows of it (outside its lock)
+            continue
         lock = FileLock(str(folder) + ".lock")
         try:
             lock.acquire(timeout=0)
@@ -286,13 +288,56 @@ def _warn(error: OSError) -> None:
                   "to a writable folder, or MEDTRANSFER_FEATURE_CACHE=0)", stacklevel=3)
 
 
-def _lookup_or_compute(folder: Path, x: torch.Tensor, digests: list[bytes], width: int,
-                       compute: Callable[[torch.Tensor], np.ndarray]) -> tuple[np.ndarray, bool]:
-    """The features of x, and whether a new shard was written."""
+def _cooperate(folder: Path, lock, x: torch.Tensor, digests: list[bytes], width: int,
+               compute: Callable[[torch.Tensor], np.ndarray]) -> tuple[np.ndarray, bool]:
+    """The features of x, and whether a new shard was written. Processes share the folder by claims:
+    under the folder's lock a process reads what the shards hold and claims the missing rows no live
+    claim covers; it computes those with the folder unlocked (another process meanwhile claims and
+    computes other rows of the same model: two grid cells do not wait on each other), stores them, and
+    then waits for the claims of others on rows it still needs. A claim is a file of row digests plus
+    an OS lock its process holds while computing: a killed claimant's lock is free, so its claim is
+    dropped and its rows computed again, never waited for forever. Nobody waits while holding a claim."""
     wanted: dict[bytes, list[int]] = {}  # digest -> positions in x (a repeated row is computed once)
     for i, d in enumerate(digests):
         wanted.setdefault(d, []).append(i)
     out = np.empty((len(x), width), np.float32)
+    wrote = False
+    while True:
+        with lock:
+            _fill(folder, wanted, out, width)
+            if not wanted:
+                return out, wrote
+            claims = _live_claims(folder)
+            mine = [d for d in wanted if not any(d in rows for _, rows in claims)]
+            try:
+                claim = _claim(folder, mine) if mine else None
+            except OSError as e:  # a folder we cannot write to: compute what is missing, store nothing
+                _warn(e)
+                rest = compute(x[torch.as_tensor([positions[0] for positions in wanted.values()])])
+                for k, positions in enumerate(wanted.values()):
+                    out[positions] = rest[k]
+                return out, wrote
+        if claim is None:  # every missing row is another process's: wait for one of them, then look again
+            _wait(next(path for path, rows in claims if any(d in rows for d in wanted)))
+            continue
+        try:
+            first = [wanted[d][0] for d in mine]  # in input order: `wanted` keeps it
+            new = compute(x if len(first) == len(x) else x[torch.as_tensor(first)])
+            new = np.ascontiguousarray(new, dtype=np.float32)
+            if new.shape != (len(mine), width):
+                raise ValueError(f"features of shape {new.shape}, expected {(len(mine), width)}")
+            with lock:
+                wrote = _store(folder, mine, new) or wrote
+                claim[0].unlink(missing_ok=True)  # gone with the folder locked: nobody reads it half-done
+        finally:
+            claim[0].unlink(missing_ok=True)
+            _release(claim[1])
+        for k, d in enumerate(mine):
+            out[wanted.pop(d)] = new[k]
+
+
+def _fill(folder: Path, wanted: dict[bytes, list[int]], out: np.ndarray, width: int) -> None:
+    """Copy the rows the folder's shards hold into `out`, removing them from `wanted`."""
     try:
         shards = _shards(folder, width)
     except OSError as e:
@@ -305,22 +350,73 @@ def _lookup_or_compute(folder: Path, x: torch.Tensor, digests: list[bytes], widt
             block = feats[np.array([j for _, j in hits])]  # reads only these rows of the memory map
             for k, (d, _) in enumerate(hits):
                 out[wanted.pop(d)] = block[k]
-    if not wanted:
-        return out, False
-    missing = [positions[0] for positions in wanted.values()]  # first occurrences, in input order
-    new = compute(x if len(missing) == len(x) else x[torch.as_tensor(missing)])
-    new = np.ascontiguousarray(new, dtype=np.float32)
-    if new.shape != (len(missing), width):
-        raise ValueError(f"features of shape {new.shape}, expected {(len(missing), width)}")
-    for k, positions in enumerate(wanted.values()):
-        out[positions] = new[k]
-    rows = np.frombuffer(b"".join(wanted), np.uint8).reshape(-1, DIGEST_BYTES)
-    name = _hex(_hash(rows.tobytes()))
+
+
+def _claim_lock(path: Path):
+    from filelock import FileLock
+    return FileLock(str(path) + ".lock")
+
+
+def _live_claims(folder: Path) -> list[tuple[Path, set[bytes]]]:
+    """The claims whose process still computes (holds the claim's lock); dead ones are deleted."""
+    from filelock import Timeout
+
+    live = []
+    for path in sorted(folder.glob("*.claim.npy")):
+        claim_lock = _claim_lock(path)
+        try:
+            claim_lock.acquire(timeout=0)
+        except Timeout:  # held: its process is computing these rows
+            try:
+                live.append((path, {row.tobytes() for row in np.load(path)}))
+            except (OSError, ValueError, EOFError):
+                pass
+            continue
+        except OSError:
+            continue
+        try:  # free: the claimant died before storing its rows
+            path.unlink(missing_ok=True)
+        finally:
+            _release(claim_lock)
+    return live
+
+
+def _claim(folder: Path, rows: list[bytes]):
+    """(claim file, its held lock) for `rows`; the lock is taken before the file is visible. Called with
+    the folder's lock held."""
+    path = folder / f"{uuid.uuid4().hex}.claim.npy"
+    claim_lock = _claim_lock(path)
+    claim_lock.acquire()
     try:
-        folder.mkdir(parents=True, exist_ok=True)  # another process may have evicted it before this one's lock
-        _save_atomic(folder / f"{name}.features.npy", new)  # features first: the rows file makes the shard visible
-        _save_atomic(folder / f"{name}.rows.npy", rows)
+        _save_atomic(path, np.frombuffer(b"".join(rows), np.uint8).reshape(-1, DIGEST_BYTES))
+    except OSError:
+        claim_lock.release()
+        raise
+    return path, claim_lock
+
+
+def _wait(path: Path) -> None:
+    """Block until the claim's process has stored its rows or died (its lock is then free)."""
+    claim_lock = _claim_lock(path)
+    claim_lock.acquire()
+    _release(claim_lock)
+
+
+def _release(claim_lock) -> None:
+    """Release a claim's lock and remove its file (a claim's lock is used once)."""
+    claim_lock.release()
+    Path(claim_lock.lock_file).unlink(missing_ok=True)
+
+
+def _store(folder: Path, rows: list[bytes], features: np.ndarray) -> bool:
+    """Write one shard (features first: the rows file makes it visible); False, warned, when it cannot."""
+    digests = np.frombuffer(b"".join(rows), np.uint8).reshape(-1, DIGEST_BYTES)
+    name = _hex(_hash(digests.tobytes()))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)  # another process may have evicted it
+        _save_atomic(folder / f"{name}.features.npy", features)
+        _save_atomic(folder / f"{name}.rows.npy", digests)
     except OSError as e:
         _warn(e)
-        return out, False
-    return out, True
+        return False
+    return True
