@@ -1,4 +1,4 @@
-"""What the speed benchmarks share: the command-line options, the device, and a CUDA sync."""
+"""What the benchmarks share: the command-line options, the device, a CUDA sync, and a timed grid run."""
 
 from __future__ import annotations
 
@@ -32,3 +32,21 @@ def setup(args) -> tuple[str, torch.device]:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def timed_grid(config, out, jobs: int):
+    """(wall seconds, results.csv) of `medtransfer experiment config` into out/grid, with an empty feature and
+    source cache in out/cache (the spawned workers inherit MEDTRANSFER_CACHE)."""
+    import os
+    import time
+    from pathlib import Path
+
+    import pandas as pd
+
+    from medtransfer.api import experiment
+
+    out = Path(out)
+    os.environ["MEDTRANSFER_CACHE"] = str(out / "cache")
+    start = time.perf_counter()
+    experiment(config, out=out / "grid", jobs=jobs, progress=False, report=False)
+    return time.perf_counter() - start, pd.read_csv(out / "grid" / "results.csv")

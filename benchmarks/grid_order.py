@@ -16,15 +16,13 @@ Runtime on 2 CPU cores with the defaults (BreastMNIST, Lite0 and Lite1 at 224 / 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from medtransfer.api import experiment
+from bench_common import timed_grid
 from medtransfer.experiment import runner
 
 GRID = {"name": "grid-order", "strategies": ["linear-probe"], "budgets": ["10%", "100%"], "seeds": 2,
@@ -32,12 +30,9 @@ GRID = {"name": "grid-order", "strategies": ["linear-probe"], "budgets": ["10%",
 
 
 def run(config: Path, out: Path, jobs: int, order) -> tuple[float, pd.DataFrame]:
-    os.environ["MEDTRANSFER_CACHE"] = str(out / "cache")  # an empty cache; spawned workers inherit it
     original, runner.interleaved = runner.interleaved, order
     try:
-        start = time.perf_counter()
-        experiment(config, out=out / "grid", jobs=jobs, progress=False, report=False)
-        return time.perf_counter() - start, pd.read_csv(out / "grid" / "results.csv")
+        return timed_grid(config, out, jobs)
     finally:
         runner.interleaved = original
 

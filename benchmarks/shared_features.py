@@ -16,13 +16,10 @@ Measured (order old, new, new, old): 306 s, 158 s, 144 s, 181 s; every test AUC 
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import pandas as pd
 import yaml
-
-from medtransfer.api import experiment
+from bench_common import timed_grid
 
 GRID = {"name": "shared-features", "targets": ["medmnist:pneumoniamnist", "medmnist:breastmnist"],
         "sources": ["imagenet:efficientnet_lite0"], "strategies": ["linear-probe"], "budgets": ["10%"], "seeds": 2,
@@ -35,11 +32,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "grid.yaml").write_text(yaml.safe_dump(GRID | {"data_root": str(Path(data_root).resolve())}))
-        os.environ["MEDTRANSFER_CACHE"] = str(tmp / "cache")  # empty; the spawned workers inherit it
-        start = time.perf_counter()
-        experiment(tmp / "grid.yaml", out=tmp / "grid", jobs=2, progress=False, report=False)
-        wall = time.perf_counter() - start
-        table = pd.read_csv(tmp / "grid" / "results.csv").sort_values("cell_id")
+        wall, table = timed_grid(tmp / "grid.yaml", tmp, jobs=2)
+        table = table.sort_values("cell_id")
         print(f"{label}: wall {wall:.0f} s; test AUCs " + " ".join(f"{a:.4f}" for a in table.test_auc))
 
 

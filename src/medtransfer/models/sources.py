@@ -52,12 +52,17 @@ def load_source_model(spec: str, modality: str, channels: int, backbone: str | N
                       modality, channels)
 
 
+def stack_members(spec: str) -> list[str]:
+    """The member specs of `stack:A+B+...` (empty names kept, for the caller to refuse)."""
+    return spec[len(STACK):].split("+")
+
+
 def stack_source(spec: str, modality: str, channels: int, backbone: str | None, image_size) -> Source:
     """`stack:A+B+...`: each member a source of weights loaded as it would be alone (its own input size,
     normalisation and channel fit), their features concatenated (`kinds.stack`). The stack's preprocess
     passes the images through unchanged; it takes the fewest channels any member takes (an RGB image
     cannot go into a member fitted to grey ones)."""
-    names = spec[len(STACK):].split("+")
+    names = stack_members(spec)
     if len(names) < 2 or not all(names):
         raise MedTransferError(f"source {spec!r}: a stack joins two or more sources with '+', e.g. "
                                "stack:imagenet:efficientnet_lite0+imagenet:efficientnet_lite1")

@@ -26,7 +26,7 @@ from ..evaluation.transferability import leep, logme, nce
 from ..models.backbones import spec_for
 from ..models.checkpoint import read_meta
 from ..models.inference import extract_features, predict_proba
-from ..models.sources import STACK, Source, check_compatible, fit_source, run_folder
+from ..models.sources import STACK, Source, check_compatible, fit_source, run_folder, stack_members
 from ..progress import SILENT, Progress
 from ..runs import check_writable, commit_dir, staging_dir, write_json
 from ..strategies import STRATEGIES, get_strategy
@@ -95,7 +95,7 @@ def check_source_spec(spec: str) -> None:
         parse_multi_spec(spec)
         return
     if spec.startswith(STACK):  # each member named right; what a stack cannot hold is its row's reason
-        for member in spec[len(STACK):].split("+"):
+        for member in stack_members(spec):
             if member:
                 check_source_spec(member)
         return
