@@ -33,7 +33,7 @@ browser:
 # process groups, so two files at once finish in about 9 minutes where one at a time takes 13 on 2 cores.
 # One OpenMP thread per process: two workers (and the processes they start) with torch's default of a
 # thread per core oversubscribed the 2 cores, and spinning OpenMP threads then wait on each other
-# (the ECG fixture: 27 s alone, 221 s in the suite). Measured: 5 min 33 s against 11 min 44 s.
+# (the ECG fixture: 27 s alone, 221 s in the suite). The suite: 5.5-7.5 min in three runs, 10-12 min before.
 test: venv browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
