@@ -137,6 +137,22 @@ def test_auto_keeps_the_candidate_with_the_best_validation_key_and_never_reads_t
     assert all(torch.equal(v, source_model.state_dict()[k]) for k, v in pristine.items())  # source untouched
 
 
+@pytest.mark.parametrize("positives", [2, 10])
+def test_a_choice_on_a_thin_validation_split_is_warned(target, source_model, positives):
+    """2 'yes' among 30 validation examples: the run is told its choice is close to chance; 10: not."""
+    val = replace(target.val, y=torch.tensor([1] * positives + [0] * (30 - positives)))
+    ctx = _ctx(target.with_splits(val=val), source_model)
+    Auto().run(ctx)
+    thin = [w for w in ctx.warnings if w.startswith("strategy auto chose")]
+    if positives < 10:
+        assert thin == [f"strategy auto chose {ctx.notes['chosen']} on 2 validation examples of 'yes' (30 in all): "
+                        "a validation score over so few examples takes only a handful of values, so the choice is "
+                        "close to chance; compare the candidates' validation scores in config.json "
+                        "(strategy_notes), and give validation more labels before relying on it"]
+    else:
+        assert thin == []
+
+
 def _forced_keys(monkeypatch, keys: dict[str, tuple]):
     """selection_key in auto returns the given key for each candidate, in candidate order."""
     order = iter(keys.values())
@@ -250,6 +266,10 @@ def test_auto_on_heart_records_every_candidate_and_ignores_test_labels(tmp_path,
     assert _key(run.model, run.dataset)[0] == pytest.approx(notes["candidates"][notes["chosen"]]["val_score"])
     chosen = notes["candidates"][notes["chosen"]]
     assert run.metrics["fit"].get("best_epoch") == chosen.get("best_epoch")
+    # 20 labels leave 20 validation examples, fewer than 10 of one class: the run says its choice is shaky
+    thin = [w for w in run.warnings if w.startswith(f"strategy auto chose {notes['chosen']} on ")]
+    assert len(thin) == 1 and "close to chance" in thin[0]
+    assert thin[0] in json.loads((run.out / "metrics.json").read_text())["warnings"]
 
     # The same run with the test labels flipped: the same choice and validation numbers, and test AUC
     # mirrored (1 - AUC), which shows the flipped labels reached the evaluation and nothing before it.

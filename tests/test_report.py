@@ -22,13 +22,15 @@ def _probs(y, signal, rng, classes):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _write_cell(exp, row, y, p, classes, rng, predicted=None):
+def _write_cell(exp, row, y, p, classes, rng, predicted=None, y_val=None):
     """A cell folder with predictions.csv (val and test rows); ``predicted``: the test decisions (class
-    names) as a run at its operating point writes them, or None for a folder from before they were saved."""
+    names) as a run at its operating point writes them, or None for a folder from before they were saved;
+    ``y_val``: the validation labels (default: 30 drawn at random)."""
     run_dir = exp / "cells" / row["cell_id"]
     run_dir.mkdir(parents=True)
     frames = []
-    y_val = rng.integers(0, len(classes), 30)
+    drawn = rng.integers(0, len(classes), 30)
+    y_val = drawn if y_val is None else np.asarray(y_val, dtype=int)
     for split, ys, ps in (("val", y_val, _probs(y_val, 0.5, rng, len(classes))), ("test", y, p)):
         f = pd.DataFrame(ps, columns=[f"prob_{c}" for c in classes])
         f.insert(0, "label", ys)

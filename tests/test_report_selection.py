@@ -33,8 +33,9 @@ class Grid:
         self.exp.mkdir()
 
     def cell(self, y, strategy, signal, *, source="heart:cleveland", budget="20", seed=0, split_seed=0,
-             classes=BINARY, target="heart:va", decided=True, backbone="mlp", **columns):
-        """``decided``: True writes argmax decisions, a list writes those, None none (an older folder)."""
+             classes=BINARY, target="heart:va", decided=True, backbone="mlp", y_val=None, **columns):
+        """``decided``: True writes argmax decisions, a list writes those, None none (an older folder);
+        ``y_val``: the cell's validation labels (default: 30 at random)."""
         p = _probs(y, signal, self.rng, len(classes))
         task = "binary" if len(classes) == 2 else "multiclass"
         auc = roc_auc_score(y, p[:, 1]) if task == "binary" else roc_auc_score(y, p, multi_class="ovr")
@@ -43,7 +44,7 @@ class Grid:
                    source=source, strategy=strategy, backbone=backbone, budget=budget, n_labels=int(budget) if budget.isdigit() else 0,
                    seed=seed, split_seed=split_seed, task=task, test_auc=auc, **columns)
         predicted = [classes[k] for k in p.argmax(1)] if decided is True else decided
-        _write_cell(self.exp, row, y, p, list(classes), self.rng, predicted)
+        _write_cell(self.exp, row, y, p, list(classes), self.rng, predicted, y_val)
         self.rows.append(row)
         self.probs[row["cell_id"]] = p
         return p
@@ -244,6 +245,39 @@ def test_one_class_decisions_are_warned_with_method_budget_and_seeds(tmp_path):
     assert "full ← cleveland at budget 20: every test decision fell in one class (all neg) in seed 0," in warnings
     assert "head ← cleveland at budget 20: every test decision fell in one class (all pos) in seed 1," in warnings
     assert "scratch at budget" not in warnings and "not recorded" not in warnings
+
+
+def test_a_choice_made_on_a_thin_validation_split_is_warned(tmp_path):
+    """Budget 5: every seed's validation split holds 1 'pos' in 5, and the chosen method ties with another at
+    validation AUC 1.000, as BreastMNIST at 1% does. Budget 40: 20 of each class, no warning."""
+    grid = Grid(tmp_path)
+    y = grid.rng.integers(0, 2, N_TEST)
+    thin, enough = [0, 0, 1, 0, 0], [0, 1] * 20
+    for seed in (0, 1):
+        for budget, y_val in (("5", thin), ("40", enough)):
+            grid.cell(y, "full", 1.0, seed=seed, budget=budget, y_val=y_val, val_auc=1.0, val_log_loss=0.3)
+            grid.cell(y, "head", 1.0, seed=seed, budget=budget, y_val=y_val, val_auc=1.0, val_log_loss=0.4)
+            grid.cell(y, "scratch", 0.5, source="none", seed=seed, budget=budget, y_val=y_val, val_auc=0.9)
+    md = grid.report()
+    warnings = _section(md, "Warnings")
+    assert ("Budget 5: full ← cleveland was chosen on validation splits with as few as 1 validation example of "
+            "'pos' (5 in all); 1 other candidate tied with it on validation AUC.") in warnings
+    assert "close to chance" in warnings and "Budget 40" not in warnings
+    assert "validation-chosen method full ← cleveland (validation AUC 1.000; tied on validation AUC with head ← " \
+           "cleveland, chosen by the lower validation log-loss (0.300)) on a thin validation split (see Warnings)" in md
+    assert md.count("on a thin validation split") == 1  # budget 40's sentence has no such clause
+
+
+def test_the_thinnest_seed_is_named_and_older_folders_without_validation_rows_say_nothing(tmp_path):
+    grid = Grid(tmp_path)
+    y = grid.rng.integers(0, 2, N_TEST)
+    for seed, y_val in ((0, [0, 1] * 20), (1, [0] * 30 + [1] * 3)):
+        grid.cell(y, "full", 1.0, seed=seed, y_val=y_val, val_auc=0.9)
+        grid.cell(y, "full", 1.0, seed=seed, budget="all", y_val=[], val_auc=0.9)  # no validation rows saved
+    warnings = _section(grid.report(), "Warnings")
+    assert "Budget 20: full ← cleveland was chosen on validation splits with as few as 3 validation examples of " \
+           "'pos' (33 in all)." in warnings
+    assert "Budget all" not in warnings
 
 
 # ----------------------------------------------------------------------------- the operating point

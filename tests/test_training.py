@@ -267,6 +267,28 @@ def test_selection_score_falls_back_to_accuracy_for_one_class():
     assert selection_score(y, prob, "binary") == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("y, task, expected", [
+    ([0, 0, 1, 0, 0], "binary", ("b", 1)),
+    ([[0], [1], [1]], "binary", ("a", 1)),  # labels as an (N, 1) column, as Split.y may hold them
+    ([0, 2, 2, 0, 2], "multiclass", ("b", 0)),  # a class absent from validation is the thinnest of all
+    ([[1, 0, 1], [1, 0, 0], [1, 1, 0]], "multilabel", ("a (negatives)", 0)),
+])
+def test_thinnest_class_counts_the_rarest_class(y, task, expected):
+    from medtransfer.evaluation.selection import thinnest_class
+
+    classes = ["a", "b"] if task == "binary" else ["a", "b", "c"]
+    assert thinnest_class(np.asarray(y), task, classes) == expected
+
+
+def test_thin_validation_is_a_phrase_below_ten_of_a_class_and_none_otherwise():
+    from medtransfer.evaluation.selection import thin_validation
+
+    assert thin_validation(np.array([0] * 30 + [1] * 9), "binary", ["neg", "pos"]) == \
+        "9 validation examples of 'pos' (39 in all)"
+    assert thin_validation(np.array([0] * 30 + [1] * 10), "binary", ["neg", "pos"]) is None
+    assert thin_validation(np.array([], dtype=int), "binary", ["neg", "pos"]) is None  # no validation: no choice
+
+
 def test_predict_proba_restores_mode_and_sums_to_one():
     model = _model()
     model.train()

@@ -11,7 +11,7 @@ from .metrics import (
     expected_calibration_error,
     register_metric,
 )
-from .selection import grid_choice_key, selection_key, selection_score
+from .selection import FEW_EXAMPLES, grid_choice_key, selection_key, selection_score, thin_validation, thinnest_class
 from .threshold import RULE_HELP, OperatingPoint, check_rule_syntax, choose_operating_point, decisions, parse_rule
 
 __all__ = [
@@ -25,6 +25,9 @@ __all__ = [
     "selection_score",
     "selection_key",
     "grid_choice_key",
+    "FEW_EXAMPLES",
+    "thinnest_class",
+    "thin_validation",
     "RULE_HELP",
     "parse_rule",
     "check_rule_syntax",

@@ -9,6 +9,9 @@ import numpy as np
 from .metrics import binary_auc
 from .metrics.kernels import _LOG_EPS
 
+# Fewer validation examples of a class than this: a choice made on validation (a threshold, a method) is shaky.
+FEW_EXAMPLES = 10
+
 
 def selection_score(y: np.ndarray, prob: np.ndarray, task: str) -> float:
     """Validation AUC used for model selection (accuracy when AUC is undefined). Multiclass: the mean
@@ -30,6 +33,34 @@ def selection_score(y: np.ndarray, prob: np.ndarray, task: str) -> float:
     if math.isnan(score):
         score = float((prob.argmax(1) == y).mean()) if task != "multilabel" else 0.0
     return float(score)
+
+
+def thinnest_class(y: np.ndarray, task: str, classes: list[str]) -> tuple[str, int] | None:
+    """(name, count) of the rarest class in labelled examples `y` (multilabel: the rarer of a label's
+    positives and negatives, named "label (positives)" or "label (negatives)"); None when `y` is empty.
+
+    Why: a validation AUC over 1 positive and 4 negatives takes only five values, and every model that ranks
+    that one positive first scores 1.000; a choice made on it is close to chance, and the user must hear so."""
+    y = np.asarray(y)
+    if len(y) == 0:
+        return None
+    if task == "multilabel":
+        counts = [(f"{name} ({kind})", int(n)) for k, name in enumerate(classes)
+                  for kind, n in (("positives", y[:, k].sum()), ("negatives", len(y) - y[:, k].sum()))]
+    else:
+        y = y.reshape(len(y), -1)[:, 0].astype(int)
+        counts = [(name, int((y == k).sum())) for k, name in enumerate(classes)]
+    return min(counts, key=lambda item: item[1])
+
+
+def thin_validation(y: np.ndarray, task: str, classes: list[str]) -> str | None:
+    """A phrase for a warning when the validation split a choice was made on holds fewer than FEW_EXAMPLES
+    of some class, else None: "1 validation example of 'malignant' (5 in all)"."""
+    thinnest = thinnest_class(y, task, classes)
+    if thinnest is None or thinnest[1] >= FEW_EXAMPLES:
+        return None
+    name, n = thinnest
+    return f"{n} validation example{'s' if n != 1 else ''} of {name!r} ({len(y)} in all)"
 
 
 def grid_choice_key(val_auc: float, val_log_loss: float, name: str) -> tuple:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import MedTransferError
+from .selection import FEW_EXAMPLES
 
 RULE_HELP = ("how probabilities become decisions. Binary: a number in (0, 1) (default 0.5), youden (maximise "
              "sensitivity + specificity - 1), sens=S (validation sensitivity >= S) or spec=S (validation specificity "
              ">= S), chosen on validation; multiclass: argmax "
              "(default) or prior (argmax of p_k / prior_k, the labelled training prior); multilabel: a number")
 
-FEW_EXAMPLES = 10  # fewer validation positives or negatives than this: the chosen threshold is shaky
 _OPTION = "(option --threshold)"
 _ACCEPTS = {
     "binary": "binary accepts a number between 0 and 1 (e.g. 0.3), youden, sens=S or spec=S (e.g. sens=0.90)",

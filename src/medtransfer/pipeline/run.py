@@ -83,7 +83,7 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     warnings = [*target.info.get("warnings", []), *fit_warnings(fit, source is not None), *dp_warnings(fit),
-                *decision.warnings,
+                *ctx.warnings, *decision.warnings,
                 *test_notes, *filter(None, [signal_warning(spec, target) if source is not None else None])]
     result = RunResult(model, metrics, predictions, resolved, None, budgeted, warnings)
     if out is not None:

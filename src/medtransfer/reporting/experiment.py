@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 from sklearn.metrics import confusion_matrix, roc_curve
 
-from ..evaluation import grid_choice_key
+from ..evaluation import FEW_EXAMPLES as FEW_VALIDATION, grid_choice_key, thin_validation, thinnest_class
 from ..evaluation.metrics import auc_paired_difference, auc_paired_mean_ci, expected_calibration_error
 from ..experiment import short
 from ..experiment.config import DP_NONE
@@ -162,11 +162,12 @@ def _baseline_style(strategy: str) -> tuple[str, str] | None:
 
 
 class Predictions(NamedTuple):
-    """The test rows of one cell's predictions.csv, in index order."""
+    """The test rows of one cell's predictions.csv, in index order, and its validation labels."""
     y: np.ndarray  # labels: class indices, or (N, L) 0/1 for multilabel
     prob: np.ndarray
     classes: list
     predicted: np.ndarray | None  # class names decided at the run's operating point; None in older folders
+    val_y: np.ndarray  # the labelled validation examples the cell was chosen on (empty: none, or not saved)
 
 
 def _method(strategy: str, source: str) -> str:
@@ -174,17 +175,19 @@ def _method(strategy: str, source: str) -> str:
 
 
 def _read_predictions(path: Path) -> Predictions:
-    """The test rows of a predictions.csv; `predicted` read as text (class names such as "0" stay names)."""
+    """The test rows of a predictions.csv and its validation labels; `predicted` read as text (class names
+    such as "0" stay names)."""
     frame = pd.read_csv(path, dtype={"predicted": str})
     test = frame[frame["split"] == "test"].sort_values("index")
     prob_cols = [c for c in test.columns if c.startswith("prob_")]
     label_cols = ["label"] if "label" in test.columns else [c for c in test.columns if c.startswith("label_")]
     if test.empty or not prob_cols or not label_cols:
         raise ValueError("no test rows, prob_* or label columns")
-    y = test[label_cols].to_numpy()
+    y, val_y = (part[label_cols].to_numpy() for part in (test, frame[frame["split"] == "val"]))
+    if label_cols == ["label"]:
+        y, val_y = y[:, 0], val_y[:, 0]
     predicted = test["predicted"].to_numpy(object) if "predicted" in test.columns else None
-    return Predictions(y[:, 0] if label_cols == ["label"] else y, test[prob_cols].to_numpy(float),
-                       [c[5:] for c in prob_cols], predicted)
+    return Predictions(y, test[prob_cols].to_numpy(float), [c[5:] for c in prob_cols], predicted, val_y)
 
 
 def _load(exp: Path):
@@ -512,8 +515,37 @@ def _degenerate_lines(view: TargetView) -> list[str]:
     return lines
 
 
+def _thin_choice(view: TargetView, b) -> str | None:
+    """The thinnest validation split among the seeds the choice at budget `b` was made on, as a phrase
+    (thin_validation's), or None when every seed's validation split holds enough of every class."""
+    s = view.stats[view.chosen_at[b], b]
+    thin = [(thinnest_class(view.preds[c].val_y, view.task, view.classes), c) for c in s["cells"]]
+    thin = [(t, c) for t, c in thin if t is not None]
+    if not thin:
+        return None  # older folders that saved no validation rows: nothing to say
+    cell = min(thin, key=lambda tc: tc[0][1])[1]
+    return thin_validation(view.preds[cell].val_y, view.task, view.classes)
+
+
+def _thin_choice_lines(view: TargetView) -> list[str]:
+    """A warning per budget whose method was chosen on a validation split with very few examples of a class."""
+    lines = []
+    for b, chosen in view.chosen_at.items():
+        thin = _thin_choice(view, b)
+        if thin:
+            ties = [m for m, s in _candidates(view.stats, b).items()
+                    if m != chosen and s["val_auc"] == view.stats[chosen, b]["val_auc"]]
+            tied = f"; {len(ties)} other candidate{'s' if len(ties) > 1 else ''} tied with it on validation AUC" \
+                if ties else ""
+            lines.append(f"Budget {b}: {chosen} was chosen on validation splits with as few as {thin}{tied}. A "
+                         "validation AUC over so few examples takes only a handful of values, so this choice is "
+                         "close to chance: read the test AUC of every method in the table, and give validation "
+                         f"more labels (at least {FEW_VALIDATION} of each class) before relying on the choice.")
+    return lines
+
+
 def _warnings(view: TargetView) -> list[Block]:
-    lines = _few_examples(view) + _degenerate_lines(view)
+    lines = _few_examples(view) + _degenerate_lines(view) + _thin_choice_lines(view)
     return [Heading("Warnings", 3), Bullets(lines)] if lines else []
 
 
@@ -593,8 +625,9 @@ def _comparisons(view: TargetView) -> list[Block]:
         s = here[chosen]
         line = [b, view.n_of[b], chosen, _fmt_score(s["val_auc"]), _fmt_score(s["val_log_loss"]),
                 format_ci(s["auc"], s["ci"])]
+        thin = " on a thin validation split (see Warnings)" if _thin_choice(view, b) else ""
         text = (f"Budget {b}: validation-chosen method {chosen} (validation AUC {_fmt_score(s['val_auc'])}"
-                f"{_tie(view, b, chosen)}), test AUC {format_ci(s['auc'], s['ci'])}.")
+                f"{_tie(view, b, chosen)}){thin}, test AUC {format_ci(s['auc'], s['ci'])}.")
         missing = []
         for ref in REFERENCES:
             other = _reference(here, chosen, ref)

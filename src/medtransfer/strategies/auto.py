@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import MedTransferError
-from ..evaluation.selection import selection_key
+from ..evaluation.selection import selection_key, thin_validation
 from ..models.backbones import Classifier
 from ..models.inference import predict_proba
 from .base import STRATEGIES, Strategy, TransferContext, register
@@ -47,7 +47,7 @@ class Auto(Strategy):
             if not strategy.accepts(backbone):
                 report[name] = {"skipped": f"{name} does not run on backbone {backbone!r}"}
                 continue
-            sub = replace(ctx, notes={}, fit_result=None)  # the candidate's own decisions and training
+            sub = replace(ctx, notes={}, warnings=[], fit_result=None)  # the candidate's own decisions, training
             try:
                 model = strategy.run(sub)
                 key = validation_key(model, ctx)
@@ -66,6 +66,13 @@ class Auto(Strategy):
         ctx.notes["rule"] = ("best validation key: AUC, then balanced accuracy, then log-loss; "
                              "ties to the earlier candidate")
         ctx.notes["candidates"] = report  # each with its own notes (the chosen one's decisions among them)
+        ctx.warnings += sub.warnings
+        val = ctx.target.val
+        if thin := thin_validation(val.y.numpy(), ctx.target.task, ctx.target.classes):
+            ctx.warnings.append(f"strategy auto chose {chosen} on {thin}: a validation score over so few examples "
+                                "takes only a handful of values, so the choice is close to chance; compare the "
+                                "candidates' validation scores in config.json (strategy_notes), and give validation "
+                                "more labels before relying on it")
         return model
 
 

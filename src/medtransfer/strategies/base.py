@@ -51,6 +51,7 @@ class TransferContext:
     # ones): what domain adaptation and prior-shift correction learn from. None when not given.
     unlabelled: torch.Tensor | None = None
     notes: dict = field(default_factory=dict)  # what a strategy decided (selection split, estimated prior)
+    warnings: list[str] = field(default_factory=list)  # what the user must hear about those decisions
     progress: Progress = SILENT  # where the training loop reports its epochs
     dp: DPConfig | None = None  # --dp: the loop trains with DP-SGD (only strategies tagged `dp_sgd` are given one)
 
