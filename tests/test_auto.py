@@ -369,11 +369,12 @@ def test_a_run_sets_the_decay_through_its_config(monkeypatch, target, source_mod
 
 
 
-@pytest.mark.parametrize("bad", [0, -0.5, 1.5, "half"])
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5, "half", True, float("nan")])
 def test_a_bad_decay_is_one_clear_error(target, source_model, bad):
+    """A TrainConfig built by hand gets the same check (layer_decay_value) as TrainOptions and the CLI."""
     config = _config()
     config.layer_decay = bad
-    with pytest.raises(MedTransferError, match=r"layer decay must be a number in \(0, 1\]"):
+    with pytest.raises(MedTransferError, match=r"layer_decay must be a number in \(0, 1\] \(1: every stage"):
         get_strategy("full").run(_ctx(target, source_model, config=config))
 
 
@@ -411,7 +412,7 @@ def test_each_modality_gets_the_decay_chosen_for_it_and_flat_restores_the_old_ru
     with pytest.raises(MedTransferError, match=r"--layer-decay must be a number in \(0, 1\] or flat, got 'steep'"):
         layer_decay_option("steep")
     for bad in (0, 1.5, "steep", True):
-        with pytest.raises(MedTransferError, match=r"layer_decay must be a number in \(0, 1\] or flat"):
+        with pytest.raises(MedTransferError, match=r"layer_decay must be a number in \(0, 1\] \(.*\) or flat, got"):
             TrainOptions(layer_decay=bad)
 
 

@@ -79,7 +79,7 @@ CASES = [
     ("epochs-not-a-number", [*HUNGARY, "--epochs", "abc"], "--epochs"),
     ("batch-size-zero", [*HUNGARY, "--batch-size", "0"], "batch_size must be"),
     ("layer-decay-word", [*HUNGARY, "--strategy", "full", "--layer-decay", "steep"], "--layer-decay must be"),
-    ("layer-decay-zero", [*HUNGARY, "--layer-decay", "0"], "layer_decay must be a number in (0, 1] or flat"),
+    ("layer-decay-zero", [*HUNGARY, "--layer-decay", "0"], "layer_decay must be a number in (0, 1] (1: every stage at the head's rate) or flat"),
     ("lr-zero", [*HUNGARY, "--lr", "0"], "lr must be"),
     ("lr-negative", [*HUNGARY, "--lr", "-1"], "lr must be"),
     ("lr-not-a-number", [*HUNGARY, "--lr", "fast"], "--lr"),

@@ -16,7 +16,8 @@ from ..evaluation.threshold import check_rule_syntax
 from ..models.backbones import pick_size
 from ..progress import SILENT, Progress
 from ..training.distributed import check_devices
-from ..training.loop import ACCELERATORS, FLAT, IMBALANCE, PRECISIONS, TrainConfig, resolve_accelerator
+from ..training.loop import (ACCELERATORS, FLAT, IMBALANCE, PRECISIONS, TrainConfig, layer_decay_value,
+                             resolve_accelerator)
 from ..training.privacy import DPConfig, parse_dp
 
 
@@ -126,10 +127,7 @@ class TrainOptions:
         check_choice("class_weight", self.class_weight, IMBALANCE, "--class-weight")
         check_choice("sampler", self.sampler, IMBALANCE, "--sampler")
         check_choice("precision", self.precision, PRECISIONS, "--precision")
-        if self.layer_decay not in (None, FLAT) and not (isinstance(self.layer_decay, Real) and not isinstance(
-                self.layer_decay, bool) and 0 < self.layer_decay <= 1):
-            raise MedTransferError(f"layer_decay must be a number in (0, 1] or {FLAT}, got {self.layer_decay!r} "
-                                   "(--layer-decay)")
+        layer_decay_value(self.layer_decay)
         for name in ("channels_last", "compile"):
             if getattr(self, name) not in (None, True, False):
                 raise MedTransferError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -151,7 +149,7 @@ class TrainOptions:
         """The loop's settings: the defaults of `row` (a modality, or "ssl") with these overrides."""
         values = dict(TRAINING[row])
         values.update({k: v for k, v in vars(self).items() if v is not None})
-        values["layer_decay"] = None if values.get("layer_decay") == FLAT else values.get("layer_decay")
+        values["layer_decay"] = layer_decay_value(values.get("layer_decay"))
         return TrainConfig(seed=seed, accelerator=accelerator, progress=progress, **values)
 
 

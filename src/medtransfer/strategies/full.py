@@ -9,8 +9,8 @@ user's); None is the flat rule, the whole backbone at BACKBONE_LR_RATIO x the he
 
 from __future__ import annotations
 
-from ..errors import MedTransferError
 from ..models.backbones import Classifier
+from ..training.loop import layer_decay_value
 from .base import Strategy, TransferContext, register
 
 BACKBONE_LR_RATIO = 0.1  # the flat rule: the whole backbone at a tenth of the head's learning rate
@@ -18,11 +18,7 @@ BACKBONE_LR_RATIO = 0.1  # the flat rule: the whole backbone at a tenth of the h
 
 def layer_decay(config) -> float | None:
     """The run's decay, `config.layer_decay` (None: the flat rule), checked to lie in (0, 1]."""
-    decay = getattr(config, "layer_decay", None)
-    if decay is not None and not (isinstance(decay, (int, float)) and 0 < decay <= 1):
-        raise MedTransferError(f"layer decay must be a number in (0, 1] (1: every stage at the head's rate), "
-                               f"got {decay!r} (--layer-decay)")
-    return None if decay is None else float(decay)
+    return layer_decay_value(getattr(config, "layer_decay", None))
 
 
 def param_groups(model: Classifier, lr: float, head_lr: float, decay: float | None) -> list[dict]:

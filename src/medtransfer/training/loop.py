@@ -22,6 +22,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from typing import Callable
 
 import torch
@@ -40,6 +41,17 @@ from .privacy import DPConfig, DPSchedule, PrivateTraining, check_private_traini
 
 
 FLAT = "flat"  # what --layer-decay / train.layer_decay call the flat rule (TrainConfig.layer_decay None)
+
+
+def layer_decay_value(decay) -> float | None:
+    """The one check of a layer-wise learning-rate decay, whichever door it came through (API, CLI, grid,
+    a TrainConfig built by hand): None or "flat" -> None (the flat rule), a number in (0, 1] -> itself."""
+    if decay is None or decay == FLAT:
+        return None
+    if isinstance(decay, bool) or not isinstance(decay, Real) or not 0 < decay <= 1:
+        raise MedTransferError(f"layer_decay must be a number in (0, 1] (1: every stage at the head's rate) or "
+                               f"{FLAT}, got {decay!r} (--layer-decay)")
+    return float(decay)
 
 
 @dataclass
