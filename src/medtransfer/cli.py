@@ -223,7 +223,8 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              "imagenet:efficientnet_lite0 (or _lite1, _lite2), timm:<name>, minilm or hf:<name> (texts), a source "
              "dataset (pretrained first, cached; "
              "dann, coral, mmd and prior-shift need one), or multi:<dataset>,<dataset>,… (one backbone, a head per "
-             "dataset, trained jointly)"),
+             "dataset, trained jointly), stack:<source>+<source>+… (features side by side), or slices:<source> (a 2D "
+             "source reading a 3D target's planes)"),
              budget: Optional[str] = typer.Option(None, "--budget", "-b", help="labelled target examples: 40, 5%, all, "
                                                   "or 0 (for the strategies that need no target labels)"),
              backbone: Optional[str] = BACKBONE, seed: int = SEED,

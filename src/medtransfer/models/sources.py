@@ -19,6 +19,7 @@ from .kinds import KINDS
 
 IMAGENET_IMAGE_SIZE = defaults.IMAGENET_IMAGE_SIZE
 STACK = "stack:"  # --source stack:A+B+...: several sources' features side by side (`stack_source`)
+SLICES = "slices:"  # --source slices:A: a 2D source reading a 3D target's planes (`slices_source`)
 
 
 @dataclass
@@ -45,9 +46,12 @@ def load_source_model(spec: str, modality: str, channels: int, backbone: str | N
     """A source given as weights (not a dataset) -> a Classifier whose backbone holds them, fitted to
     the target's `channels` (`fit_source`: grey <-> RGB adapted, an impossible mismatch refused here).
     n_features: the target's encoded table width (tabular), which a bare MLP weights file is built for.
-    `stack:A+B+...`: every member loaded so, side by side (`stack_source`)."""
+    `stack:A+B+...`: every member loaded so, side by side (`stack_source`); `slices:A`: a 2D source
+    reading volumes plane by plane (`slices_source`)."""
     if spec.startswith(STACK):
         return stack_source(spec, modality, channels, backbone, image_size)
+    if spec.startswith(SLICES):
+        return slices_source(spec, modality, channels, backbone, image_size)
     return fit_source(read_source_model(spec, modality, channels, backbone, image_size, n_features),
                       modality, channels)
 
@@ -68,17 +72,8 @@ def stack_source(spec: str, modality: str, channels: int, backbone: str | None, 
                                "stack:imagenet:efficientnet_lite0+imagenet:efficientnet_lite1")
     if modality != "image2d":
         raise MedTransferError(f"source {spec!r}: a stack combines 2D image models, the target is {modality}")
-    for name in names:
-        if name.startswith(STACK) or is_dataset_spec(name):
-            raise MedTransferError(f"stack member {name!r} is not weights: a stack combines imagenet:, timm:, run "
-                                   "folders and weights files; pretrain a source dataset first (medtransfer "
-                                   f"transfer --data {name} --strategy scratch --out runs/<name>) and stack its run "
-                                   "folder")
-    sources = [load_source_model(name, modality, channels, backbone, image_size) for name in names]
-    for name, source in zip(names, sources):
-        if source.model.spec.modality != "image2d":
-            raise MedTransferError(f"stack member {name!r} takes {source.model.spec.modality} inputs; a stack "
-                                   "combines 2D image models")
+    sources = [two_d_weights(name, "stack member", "a stack combines", channels, backbone, image_size)
+               for name in names]
     members = [{"source": name, "architecture": s.model.architecture, "input": s.model.spec.to_dict()}
                for name, s in zip(names, sources)]
     arch = {"kind": "stack", "name": spec, "members": members}
@@ -89,6 +84,39 @@ def stack_source(spec: str, modality: str, channels: int, backbone: str | None, 
         load_state_strict(slot, weights, f"stack member {source.description}")  # no calibration: features only
     notes = "; ".join(dict.fromkeys(s.adaptation for s in sources if s.adaptation)) or None  # each note once
     return Source(model, f"stack of {' + '.join(names)}" + (f"; {notes}" if notes else ""), None, adaptation=notes)
+
+
+def slices_source(spec: str, modality: str, channels: int, backbone: str | None, image_size) -> Source:
+    """`slices:A`: the 2D source A, loaded as it would be alone (its own input size, normalisation and
+    channel fit), reading a 3D target's volumes plane by plane (`kinds.slices`). Its preprocess passes
+    the volumes through unchanged; each plane goes through A's."""
+    from .kinds.slices import SLICES_PER_AXIS
+    name = spec[len(SLICES):]
+    if modality != "image3d":
+        raise MedTransferError(f"source {spec!r}: slices: reads 3D volumes with a 2D source, the target is "
+                               f"{modality}; give --source {name or '<source>'} itself")
+    source = two_d_weights(name, "slices: source", "slices: reads volumes with", channels, backbone, image_size)
+    arch = {"kind": "slices", "name": spec, "per_axis": SLICES_PER_AXIS,
+            "member": {"source": name, "architecture": source.model.architecture, "input": source.model.spec.to_dict()}}
+    model = create_model(arch, InputSpec("image3d", source.model.spec.channels, None, (0.0,), (1.0,)), num_outputs=1)
+    weights = {k: v for k, v in source.model.state_dict().items() if k.startswith("backbone.")}  # no head,
+    load_state_strict(model.backbone.member, weights, f"slices: source {source.description}")  # no calibration
+    return Source(model, f"{SLICES_PER_AXIS} planes per axis of each volume read by {source.description}", None,
+                  adaptation=source.adaptation)  # the description holds the channel note, if any
+
+
+def two_d_weights(name: str, what: str, rule: str, channels: int, backbone: str | None, image_size) -> Source:
+    """A 2D source of weights that a stack or a slices: source is built from, loaded for `channels`-channel
+    images; a source dataset, a stack or slices source, or a model of another modality is refused."""
+    if not name or name.startswith((STACK, SLICES)) or is_dataset_spec(name):
+        raise MedTransferError(f"{what} {name!r} is not weights: {rule} imagenet:, timm:, run folders and weights "
+                               f"files; pretrain a source dataset first (medtransfer transfer --data "
+                               f"{name if is_dataset_spec(name) else '<dataset>'} --strategy scratch --out runs/<name>) "
+                               "and give its run folder")
+    source = load_source_model(name, "image2d", channels, backbone, image_size)
+    if source.model.spec.modality != "image2d":
+        raise MedTransferError(f"{what} {name!r} takes {source.model.spec.modality} inputs; {rule} 2D image models")
+    return source
 
 
 def read_source_model(spec: str, modality: str, channels: int, backbone: str | None = None,
@@ -258,6 +286,10 @@ def check_compatible(model: Classifier, modality: str, channels: int, features: 
     Signals must also match in sampling rate (`rate`, when both sides know theirs): a model that learnt
     rhythms at 173.61 Hz reads a 200 Hz recording as slowed down."""
     spec = model.spec
+    if spec.modality == "image2d" and modality == "image3d":
+        raise MedTransferError("source model takes image2d inputs but the target is image3d; a 2D source of weights "
+                               f"reads volumes plane by plane as --source {SLICES}<source> (e.g. "
+                               f"{SLICES}imagenet:efficientnet_lite0, or {SLICES}<run folder>)")
     if spec.modality != modality:
         raise MedTransferError(f"source model takes {spec.modality} inputs but the target is {modality}")
     if modality == "signal":

@@ -26,7 +26,7 @@ from ..evaluation.transferability import leep, logme, nce
 from ..models.backbones import spec_for
 from ..models.checkpoint import read_meta
 from ..models.inference import extract_features, predict_proba
-from ..models.sources import STACK, Source, check_compatible, fit_source, run_folder, stack_members
+from ..models.sources import SLICES, STACK, Source, check_compatible, fit_source, run_folder, stack_members
 from ..progress import SILENT, Progress
 from ..runs import check_writable, commit_dir, staging_dir, write_json
 from ..strategies import STRATEGIES, get_strategy
@@ -94,8 +94,8 @@ def check_source_spec(spec: str) -> None:
     if is_multi_source(spec):
         parse_multi_spec(spec)
         return
-    if spec.startswith(STACK):  # each member named right; what a stack cannot hold is its row's reason
-        for member in stack_members(spec):
+    if spec.startswith((STACK, SLICES)):  # each member named right; what they cannot hold is the row's reason
+        for member in stack_members(spec) if spec.startswith(STACK) else [spec[len(SLICES):]]:
             if member:
                 check_source_spec(member)
         return
@@ -108,7 +108,8 @@ def check_source_spec(spec: str) -> None:
     if spec.startswith("timm:") and spec.partition(":")[2]:
         return
     raise MedTransferError(f"unknown source {spec!r}: give a run folder, a weights file, imagenet:<name>, timm:<name>, "
-                           "multi:<dataset>,<dataset>,…, stack:<source>+<source>+… or a source dataset (medtransfer datasets lists the schemes)")
+                           "multi:<dataset>,<dataset>,…, stack:<source>+<source>+…, slices:<source> or a source dataset (medtransfer "
+                           "datasets lists the schemes)")
 
 
 @dataclass
@@ -230,7 +231,7 @@ def scores_of(request: RankRequest, spec: str, source: Source, head: str | None,
             row.note = "no LEEP / NCE: they need a single-label target"
         elif not source.classes or head not in SINGLE_LABEL:
             row.note = ("no LEEP / NCE: the source has no single-label classifier head with known classes "
-                        "(ImageNet, timm, self-supervised, multi-dataset and stacked sources give features only)")
+                        "(ImageNet, timm, self-supervised, multi-dataset, stacked and slices: sources give features only)")
         else:
             prob = predict_proba(model, train.x, head)
             row.leep, row.nce = leep(prob, y), nce(prob.argmax(axis=1), y)
