@@ -533,8 +533,7 @@ def _thin_choice_lines(view: TargetView) -> list[str]:
     for b, chosen in view.chosen_at.items():
         thin = _thin_choice(view, b)
         if thin:
-            ties = [m for m, s in _candidates(view.stats, b).items()
-                    if m != chosen and s["val_auc"] == view.stats[chosen, b]["val_auc"]]
+            ties = _tied(view, b, chosen)
             tied = f"; {len(ties)} other candidate{'s' if len(ties) > 1 else ''} tied with it on validation AUC" \
                 if ties else ""
             lines.append(f"Budget {b}: {chosen} was chosen on validation splits with as few as {thin}{tied}. A "
@@ -596,10 +595,16 @@ def _no_choice(view: TargetView, b) -> str:
             "compared; the test AUCs above are not used to choose one.")
 
 
+def _tied(view: TargetView, b, chosen: str) -> list[str]:
+    """The other candidates at budget `b` with the chosen method's validation AUC."""
+    cands = _candidates(view.stats, b)
+    return [m for m, s in cands.items() if m != chosen and s["val_auc"] == cands[chosen]["val_auc"]]
+
+
 def _tie(view: TargetView, b, chosen: str) -> str:
     """A note when another candidate had the same validation AUC and the log-loss decided."""
     cands = _candidates(view.stats, b)
-    tied = [m for m, s in cands.items() if m != chosen and s["val_auc"] == cands[chosen]["val_auc"]]
+    tied = _tied(view, b, chosen)
     if not tied:
         return ""
     return (f"; tied on validation AUC with {', '.join(tied)}, chosen by the lower validation log-loss "

@@ -29,8 +29,8 @@ NO_STAGES = ("a slices: source reads a volume's planes through one 2D network, s
 
 
 def plane_positions(length: int, count: int) -> list[int]:
-    """`count` evenly spaced interior positions along an axis of `length` (the border planes are left out:
-    MedMNIST 3D crops centre the organ), each once."""
+    """`count` evenly spaced interior positions along an axis of `length` (the two border planes are left
+    out), each once."""
     if length <= count:
         return list(range(length))
     step = (length - 1) / (count + 1)
