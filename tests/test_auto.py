@@ -209,8 +209,8 @@ def test_failing_candidates_are_skipped_with_their_reason(monkeypatch, target, s
     Auto().run(ctx)
     assert ctx.notes["chosen"] == Notes.name
     assert ctx.notes["candidates"][Fails.name] == {"skipped": "this candidate cannot run here"}
-    assert ctx.notes["candidates"][Notes.name]["notes"] == {"decided": "something"}
-    assert "decided" not in ctx.notes  # a candidate's notes stay under its own name
+    assert ctx.notes["candidates"][Notes.name]["notes"]["decided"] == "something"
+    assert "decided" not in ctx.notes and "feature_scaling" not in ctx.notes  # a candidate's notes stay under its own name
 
     monkeypatch.setattr(Auto, "candidates", (Fails.name,))
     with pytest.raises(MedTransferError, match="no candidate could run.*test-fails: this candidate cannot run"):

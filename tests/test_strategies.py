@@ -264,10 +264,11 @@ def test_a_new_head_has_the_target_width(target, source_model, source_data):
 # ----------------------------------------------------------------------------- logistic regression heads
 
 
-def _sklearn_lr(train_x, train_y, val_x, val_y, task, seed=0):
-    """fit_logistic_head's recipe, done with scikit-learn alone: standardise, choose C on validation (AUC,
-    ties broken by balanced accuracy, then log-loss: `selection_key`)."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+def _sklearn_lr(train_x, train_y, val_x, val_y, task, seed=0, scale_x=None):
+    """fit_logistic_head's recipe, done with scikit-learn alone: standardise (on `scale_x`, default the
+    training rows), choose C on validation (AUC, ties broken by balanced accuracy, then log-loss: `selection_key`)."""
+    scale_x = train_x if scale_x is None else scale_x
+    mean, std = scale_x.mean(0), scale_x.std(0) + 1e-6
     best = None
     for c in GRID:
         clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((train_x - mean) / std, train_y)
@@ -286,6 +287,38 @@ def test_linear_probe_matches_sklearn_on_the_features(runs, target, source_model
     assert c in GRID
     got = predict_proba(model, target.test.x, "binary")
     np.testing.assert_allclose(got, proba(feats["test"]), atol=1e-4)
+
+
+def test_a_probe_on_few_labels_is_standardised_on_the_unlabelled_training_inputs(target, source_model,
+                                                                                 monkeypatch):
+    """Below the full budget the features' mean and std come from the target's unlabelled training inputs
+    (capped, with a fixed draw that every seed shares); at the full budget from the labelled ones, as before."""
+    from medtransfer.strategies import linear_probe as module
+    few = replace(target, train=Split(target.train.x[:12], target.train.y[:12]))
+    pool = target.train.x  # 60 rows; the 12 labelled ones among them
+    feats = {name: extract_features(source_model, few.split(name).x) for name in ("train", "val", "test")}
+
+    def fitted(unlabelled, seed=0):
+        ctx = _ctx(few, source_model, None, source_classes=None, unlabelled=unlabelled, config=_config(seed=seed))
+        model = get_strategy("linear-probe").run(ctx)
+        return predict_proba(model, few.test.x, "binary"), ctx.notes["feature_scaling"]
+
+    got, note = fitted(pool)
+    proba, _, _ = _sklearn_lr(feats["train"], few.train.y.numpy(), feats["val"], few.val.y.numpy(), "binary",
+                              scale_x=extract_features(source_model, pool))
+    np.testing.assert_allclose(got, proba(feats["test"]), atol=1e-4)
+    assert note.startswith("features standardised on 60 of the target's training inputs")
+    labelled_only, _, _ = _sklearn_lr(feats["train"], few.train.y.numpy(), feats["val"], few.val.y.numpy(), "binary")
+    assert np.abs(got - labelled_only(feats["test"])).max() > 1e-3  # the two recipes differ on these rows
+
+    assert fitted(None)[1] == "features standardised on the labelled training examples"
+    assert fitted(few.train.x)[1] == "features standardised on the labelled training examples"
+    monkeypatch.setattr(module, "PROBE_SCALING_MAX", 30)
+    (capped0, note), (capped1, _) = fitted(pool, seed=0), fitted(pool, seed=1)
+    assert note.startswith("features standardised on 30 ")
+    np.testing.assert_allclose(capped0, capped1, atol=1e-6)  # one draw of the 30, whatever the run's seed
+    monkeypatch.setattr(module, "PROBE_SCALING_MAX", 12)  # no more than the labelled examples: those serve
+    assert fitted(pool)[1] == "features standardised on the labelled training examples"
 
 
 def test_linear_probe_multiclass_matches_sklearn(source_model):

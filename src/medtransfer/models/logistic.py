@@ -56,12 +56,15 @@ def full_proba(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
 
 def fit_logistic(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, task: str,
                  n_outputs: int, seed: int = 0, criterion: str = "auc", max_iter: int = 2000,
-                 grid=C_GRID, class_weight: str = "none", standardize: bool = True) -> LogisticFit:
+                 grid=C_GRID, class_weight: str = "none", standardize: bool = True,
+                 scale_x: np.ndarray | None = None) -> LogisticFit:
     """Logistic regression on standardised features for each C in `grid`; keeps the C whose validation
     `criterion` is best ("auc": `selection_key`, i.e. AUC with ties broken by balanced accuracy and
     log-loss; "log_loss": lowest), the first on ties. Multilabel: one binary fit per label (criterion
     "auc" only). `class_weight="balanced"`: scikit-learn's balanced class weights (`--class-weight`).
-    `standardize=False`: the features as they are (TF-IDF rows, already L2-normalised and sparse)."""
+    `standardize=False`: the features as they are (TF-IDF rows, already L2-normalised and sparse).
+    `scale_x`: the rows whose mean and std standardise the features (default `train_x`), e.g. the target's
+    unlabelled training inputs, whose statistics are steadier than those of a few labelled rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
@@ -72,7 +75,8 @@ def fit_logistic(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
         raise ValueError("fit_logistic: a multilabel task is chosen by criterion 'auc'")
     weighting = "balanced" if class_weight == "balanced" else None
     if standardize:
-        mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+        reference = train_x if scale_x is None else scale_x
+        mean, std = reference.mean(0), reference.std(0) + 1e-6
     else:
         mean, std = np.zeros(train_x.shape[1], train_x.dtype), np.ones(train_x.shape[1], train_x.dtype)
     train_z, val_z = (train_x - mean) / std, (val_x - mean) / std

@@ -128,13 +128,15 @@ class Strategy(ABC):
 
 
 def fit_logistic_head(model: Classifier, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-                      val_y: np.ndarray, task: str, config: TrainConfig, grid=C_GRID, standardize: bool = True) -> float:
+                      val_y: np.ndarray, task: str, config: TrainConfig, grid=C_GRID, standardize: bool = True,
+                      scale_x: np.ndarray | None = None) -> float:
     """Fit scikit-learn logistic regression on (standardised) features, C chosen on validation AUC,
     and write it into the model's linear head. Returns the validation score. The run's seed and
-    `--class-weight` come from `config` (a balanced sampler means balanced weights here: no batches)."""
+    `--class-weight` come from `config` (a balanced sampler means balanced weights here: no batches).
+    `scale_x`: the rows that standardise the features (default `train_x`; see `models.logistic`)."""
     weighting = "balanced" if "balanced" in (config.class_weight, config.sampler) else "none"
     fitted = fit_logistic(train_x, train_y, val_x, val_y, task, model.head.out_features, config.seed, grid=grid,
-                          class_weight=weighting, standardize=standardize)
+                          class_weight=weighting, standardize=standardize, scale_x=scale_x)
     weight, bias = fitted.folded()  # the standardisation folded into the head
     model.head.weight.data = torch.as_tensor(weight, dtype=torch.float32)
     model.head.bias.data = torch.as_tensor(bias, dtype=torch.float32)

@@ -1,22 +1,45 @@
+import torch
+
+from ..defaults import PROBE_SCALING_MAX
 from ..models.backbones import Classifier
 from .base import Strategy, TransferContext, extract_features, fit_logistic_head, register
+
+
+def scaling_inputs(ctx: TransferContext) -> torch.Tensor | None:
+    """The target's training inputs (labels unused) whose feature statistics standardise a probe: up to
+    PROBE_SCALING_MAX of them, drawn with a fixed seed so that every budget and seed of a grid shares them and
+    their cached features. None when they would not be more than the labelled examples (then those serve)."""
+    pool = ctx.unlabelled
+    if pool is None or len(ctx.target.train) >= min(len(pool), PROBE_SCALING_MAX):
+        return None
+    if len(pool) > PROBE_SCALING_MAX:
+        keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:PROBE_SCALING_MAX]
+        pool = pool[keep.sort().values]
+    return pool
 
 
 def linear_probe(ctx: TransferContext, strategy: str) -> Classifier:
     """Frozen source backbone; features extracted once; logistic-regression head (C on validation).
     The features come from the feature cache (`models.feature_cache`): a grid's linear-probe cells on one
-    source and dataset compute each example's features once, whatever their budget and seed."""
+    source and dataset compute each example's features once, whatever their budget and seed. Below the
+    full budget they are standardised on the target's unlabelled training inputs (`scaling_inputs`)."""
     model = ctx.target_model(strategy, new_head=True)
     train, val = ctx.target.train, ctx.target.val
+    pool = scaling_inputs(ctx)
+    scale_x = None if pool is None else extract_features(model, pool)
     fit_logistic_head(model, extract_features(model, train.x), train.y.numpy(),
-                      extract_features(model, val.x), val.y.numpy(), ctx.target.task, ctx.config)
+                      extract_features(model, val.x), val.y.numpy(), ctx.target.task, ctx.config, scale_x=scale_x)
+    ctx.notes["feature_scaling"] = (f"features standardised on {len(pool)} of the target's training inputs "
+                                    "(their labels unused)" if pool is not None else
+                                    "features standardised on the labelled training examples")
     return model
 
 
 @register
 class LinearProbe(Strategy):
     name = "linear-probe"
-    summary = "feature copy: frozen source backbone, features extracted once, logistic-regression head"
+    summary = ("feature copy: frozen source backbone, features extracted once (standardised on the target's "
+               "training inputs), logistic-regression head")
 
     def run(self, ctx: TransferContext) -> Classifier:
         model = linear_probe(ctx, self.name)
