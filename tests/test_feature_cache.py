@@ -241,6 +241,10 @@ def test_a_linear_probe_run_twice_computes_its_features_once(cache, tmp_path, mo
 
     other_seed = mt.transfer(data, "linear-probe", budget=8, seed=1, **probe)  # a subset: every row seen
     assert sum(computed) == 0 and other_seed.config["n_train_labels"] == 8
+    n_train = first.config["n_train_labels"]  # no budget: every training example labelled
+    assert first.config["strategy_notes"]["feature_scaling"] == "features standardised on the labelled training examples"
+    assert other_seed.config["strategy_notes"]["feature_scaling"].startswith(
+        f"features standardised on {n_train} of the target's training inputs")  # 8 labels, every input scaled
 
 
 # ----------------------------------------------------------------------------- processes sharing a folder
