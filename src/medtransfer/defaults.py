@@ -36,7 +36,7 @@ C_GRID = (1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0)
 # A linear probe's features are standardised with the mean and std of up to this many of the target's training
 # inputs (labels unused), not of its few labelled ones: per-feature statistics of 55 examples are noise. Chosen on
 # validation (EfficientNet-Lite0 at 224 px, 3 seeds; benchmarks/probe_scaling.py): BreastMNIST 10% val AUC 0.810
-# -> 0.847, PneumoniaMNIST 1% 0.929 -> 0.937, 10% 0.965 -> 0.966; with all labels nothing changes.
+# -> 0.847, PneumoniaMNIST 1% 0.929 -> 0.936, 10% 0.965 -> 0.964; with all labels nothing changes.
 PROBE_SCALING_MAX = 2000
 # TF-IDF rows are L2-normalised and not standardised: they need weaker regularisation (larger C).
 TFIDF_C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
