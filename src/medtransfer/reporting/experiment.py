@@ -194,6 +194,7 @@ def _load(exp: Path):
     """Results rows that have usable test predictions, those predictions by cell, and the failed cells."""
     res = pd.read_csv(exp / "results.csv", dtype={"cell_id": str, "budget": str, "source": str,
                                                   **dict.fromkeys(_TEXT_COLUMNS, str)})
+    res = res.copy()  # one block per dtype: read_csv leaves hundreds (a multiclass grid's per-class columns)
     res["source"] = res["source"].fillna("none")
     res["split_seed"] = res.get("split_seed", pd.Series(0, index=res.index)).fillna(0).astype(int)
     res["method"] = [_method(st, so) for st, so in zip(res["strategy"], res["source"])]
