@@ -604,12 +604,11 @@ def _tied(view: TargetView, b, chosen: str) -> list[str]:
 
 def _tie(view: TargetView, b, chosen: str) -> str:
     """A note when another candidate had the same validation AUC and the log-loss decided."""
-    cands = _candidates(view.stats, b)
     tied = _tied(view, b, chosen)
     if not tied:
         return ""
     return (f"; tied on validation AUC with {', '.join(tied)}, chosen by the lower validation log-loss "
-            f"({_fmt_score(cands[chosen]['val_log_loss'])})")
+            f"({_fmt_score(view.stats[chosen, b]['val_log_loss'])})")
 
 
 def _missing(names: list[str]) -> str:
