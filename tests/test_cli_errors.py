@@ -214,7 +214,11 @@ def cli_forked(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     child.join(300)
     if child.exitcode is None:
         child.kill()
-    return subprocess.CompletedProcess(args, child.exitcode, out.read_text(), err.read_text())
+    # The forkserver reports a child's exit status over a pipe and says 255 when that read fails (seen
+    # once under the thread pool); the code the CLI exited with is also written beside its output.
+    code = out.with_suffix(".code")
+    return subprocess.CompletedProcess(args, int(code.read_text()) if code.exists() else child.exitcode,
+                                       out.read_text(), err.read_text())
 
 
 def run_module_as_main(args: list[str], cwd: str, out: str, err: str) -> None:
@@ -235,6 +239,7 @@ def run_module_as_main(args: list[str], cwd: str, out: str, err: str) -> None:
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
+    Path(out).with_suffix(".code").write_text(str(code))
     os._exit(code)
 
 
