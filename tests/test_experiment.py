@@ -114,6 +114,13 @@ def test_grid_runs_sourceless_strategies_once_and_ids_follow_settings():
     changed = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 2})})
     assert cells[0].id(settings_of(changed)) != ids[0]
     assert cells[0].id(settings_of(config)) == ids[0]
+    # every setting that changes a cell's numbers changes its id (a resumed grid never keeps stale results);
+    # at its default a setting leaves the id as it was before it was part of it
+    for update in ({"threshold": "youden"}, {"calibrate": "platt"}, {"positive": "1"}, {"drop_columns": ["age"]},
+                   {"id_column": "pid"}, {"n_boot": 200}, {"text_column": "note"}, {"resplit": True}):
+        assert cells[0].id(settings_of(config.model_copy(update=update))) != ids[0], update
+    defaults = {"threshold": None, "calibrate": "none", "drop_columns": [], "n_boot": 1000, "keep_weights": True}
+    assert cells[0].id(settings_of(config.model_copy(update=defaults))) == ids[0]
     assert "5pct" in next(i for i, c in zip(ids, cells) if c.budget == "5%")
 
 
