@@ -57,6 +57,13 @@ CASES = [
     ("shift-unknown-kind", ["transfer", "--data", "shift:wobble:folder:img/grey", *GREY], "unknown shift kind"),
     ("shift-bad-strength", ["transfer", "--data", "shift:gamma:-3:folder:img/grey", *GREY], "strength"),
     ("shift-on-a-table", ["transfer", "--data", "shift:gamma:heart:va", *RUN], "table"),
+    ("unlabelled-missing", ["transfer", "--data", "folder:img/grey", "--unlabelled", "folder:img/nofolder", *GREY],
+     "nofolder"),
+    ("unlabelled-no-scheme", ["transfer", "--data", "folder:img/grey", "--unlabelled", "img/grey", *GREY],
+     "not a folder: spec"),
+    ("unlabelled-no-images", ["transfer", "--data", "folder:img/grey", "--unlabelled", "folder:img/not_images",
+                              *GREY], "no images"),
+    ("unlabelled-on-a-table", [*HUNGARY, "--unlabelled", "folder:img/grey"], "2D image targets only"),
     ("shift-no-dataset", ["transfer", "--data", "shift:gamma", *RUN], "names no dataset"),
     # budgets
     ("budget-negative", ["transfer", "--data", "heart:hungary", "--strategy", "target-only", "--budget", "-4"],

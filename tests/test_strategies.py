@@ -307,7 +307,7 @@ def test_a_probe_on_few_labels_is_standardised_on_the_unlabelled_training_inputs
     proba, _, _ = _sklearn_lr(feats["train"], few.train.y.numpy(), feats["val"], few.val.y.numpy(), "binary",
                               scale_x=extract_features(source_model, pool))
     np.testing.assert_allclose(got, proba(feats["test"]), atol=1e-4)
-    assert note.startswith("features standardised on 60 of the target's training inputs")
+    assert note.startswith("features standardised on 60 unlabelled target inputs")
     labelled_only, _, _ = _sklearn_lr(feats["train"], few.train.y.numpy(), feats["val"], few.val.y.numpy(), "binary")
     assert np.abs(got - labelled_only(feats["test"])).max() > 1e-3  # the two recipes differ on these rows
 

@@ -99,7 +99,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
              id: str | None = None, drop=(), layer_decay: float | str | None = None,  # noqa: A002 - `id` is --id
              precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
              text: str | None = None, dp=None, devices: int | None = None,
-             num_nodes: int | None = None) -> RunResult:
+             num_nodes: int | None = None, unlabelled: str | None = None) -> RunResult:
 
     """Move a source model (or none, for `scratch`) to the target dataset `data` with `strategy`,
     using at most `budget` labelled target examples; evaluate on the target's test split.
@@ -131,7 +131,11 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
 
     Data parallel: `devices=N` (x `num_nodes=M`) trains with DDP in N x M processes (docs/multi-device.md);
     `batch_size` stays the global batch, each device trains on its share; rank 0 writes the run and its
-    result is returned (None on a node other than node 0). Strategies not tagged `data_parallel` are refused."""
+    result is returned (None on a node other than node 0). Strategies not tagged `data_parallel` are refused.
+
+    Unlabelled images: `unlabelled="folder:PATH"` adds the target hospital's images without labels (any layout)
+    to what the linear probe standardises its features on and what dann / coral / mmd / prior-shift adapt to;
+    images identical to the target's validation or test inputs are left out and counted."""
     check_options(seed=seed, split_seed=split_seed, budget=budget, image_size=image_size, epochs=epochs, lr=lr,
                   batch_size=batch_size, patience=patience, source_epochs=source_epochs, accelerator=accelerator,
                   n_boot=n_boot, devices=devices, num_nodes=num_nodes)
@@ -143,7 +147,7 @@ def transfer(data: str, strategy: str = "full", source: str | None = None, *, bu
         training=TrainOptions(epochs, lr, batch_size, patience, augment, class_weight, sampler, layer_decay, precision,
                               channels_last, compile, devices, num_nodes),
         output=Output(out, overwrite, save, weights), accelerator=accelerator, n_boot=n_boot,
-        progress=as_progress(progress), dp=dp))
+        progress=as_progress(progress), dp=dp, unlabelled=unlabelled))
 
 
 def pretrain(data: str | list[str], *, method: str = "supervised", backbone: str | None = None,

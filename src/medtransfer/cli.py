@@ -243,6 +243,10 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
              dp: Optional[str] = typer.Option(None, "--dp", help="train with differential privacy (DP-SGD, Opacus): "
                                               "epsilon=E[,delta=D][,clip=C], e.g. epsilon=1 (delta default "
                                               "min(1e-5, 1/(10 n)), clip 1.0); full, head, partial, scratch"),
+             unlabelled: Optional[str] = typer.Option(None, "--unlabelled", help="folder:<path>: more images from the "
+                                                      "target hospital without labels (any layout): the linear "
+                                                      "probe standardises its features on them, dann / coral / "
+                                                      "mmd / prior-shift adapt to them"),
              overwrite: bool = OVERWRITE, device: str = DEVICE, quiet: bool = QUIET,
              devices: Optional[int] = DEVICES, num_nodes: Optional[int] = NUM_NODES):
     """Move a source model to a target dataset with a strategy; evaluate on the target's test split.
@@ -267,7 +271,7 @@ def transfer(data: str = DATA, strategy: str = typer.Option("full", "--strategy"
                           id=id_column, drop=tuple(drop or ()), layer_decay=layer_decay_option(layer_decay),
                           precision=precision,
                           channels_last=channels_last, compile=compile_steps, text=text, dp=dp, devices=devices,
-                          num_nodes=num_nodes)
+                          num_nodes=num_nodes, unlabelled=unlabelled)
     if result is None:
         show_other_node()
     else:

@@ -129,9 +129,19 @@ def data_and_cohort(config: dict, metrics: dict) -> str:
              f"Test split: n = {text(n_test)}; per class: {class_counts(counts.get('per_class'))}",
              f"Prevalence of the positive class in the test split: {prevalence(config, metrics)}",
              f"Split seed: {text(config.get('split_seed'))}",
+             *unlabelled_line(config.get("unlabelled")),
              f"Source: {text(config.get('source_description') or config.get('source'), 'none')}",
              f"Strategy: {strategy_line(config.get('strategy'))}"]
     return "## Data and cohort\n\n" + bullets(lines)
+
+
+def unlabelled_line(record: dict | None) -> list[str]:
+    """--unlabelled: what the run learned from without labels, and what it left out."""
+    if not record:
+        return []
+    return [f"Unlabelled target images (--unlabelled {record['spec']}): {record['images']} used; left out as "
+            f"identical to validation or test inputs: {record['held_out_duplicates']}, to training inputs: "
+            f"{record['training_duplicates']}"]
 
 
 def where_from(config: dict) -> str:

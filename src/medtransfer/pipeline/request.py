@@ -198,6 +198,7 @@ class TransferRequest(RunSettings):
     threshold: str | float | None = None  # the operating-point rule (None: 0.5 binary, argmax multiclass)
     calibrate: str = "none"  # none | temperature | platt | isotonic, fitted on validation
     dp: DPConfig | str | dict | None = None  # --dp "epsilon=E,delta=D,clip=C": DP-SGD (Opacus); None: no DP
+    unlabelled: str | None = None  # folder:<path>: more target images without labels (`pipeline.unlabelled`)
 
     def __post_init__(self):
         """Every option checked before any work: a bad value is one line naming it, never a default
@@ -214,6 +215,9 @@ class TransferRequest(RunSettings):
         self.check_settings()
         if self.positive is not None and (not isinstance(self.positive, str) or not self.positive):
             raise MedTransferError(f"positive must be a class name, got {self.positive!r} (--positive)")
+        if self.unlabelled is not None and (not isinstance(self.unlabelled, str) or not self.unlabelled):
+            raise MedTransferError(f"unlabelled must be a spec such as folder:./more_scans, got {self.unlabelled!r} "
+                                   "(--unlabelled)")
         check_rule_syntax(self.threshold)
         check_choice("calibrate", self.calibrate, CALIBRATIONS, "--calibrate")
         sources = [self.source] if self.source and is_dataset_spec(self.source) else []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..data import TaskDataset, apply_budget
 from ..data.positive import Positive, positive_class
@@ -27,12 +28,15 @@ from ..training.loop import FitResult
 from .operating import Decision, class_names, counts, decide, decided, scoring_options, test_warnings
 from .request import TransferRequest
 from .run_folder import RunResult, versions, write_run
+from .unlabelled import ExtraUnlabelled, duplicate_warning
 
 
 def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None,
                  strategy: Strategy | None = None, source: Source | None = None,
-                 source_data: TaskDataset | None = None, started: float | None = None) -> RunResult:
-    """The pipeline from a loaded target on (also how a source dataset is pretrained: scratch, no source)."""
+                 source_data: TaskDataset | None = None, started: float | None = None,
+                 extra: ExtraUnlabelled | None = None) -> RunResult:
+    """The pipeline from a loaded target on (also how a source dataset is pretrained: scratch, no source).
+    `extra`: more unlabelled target images (--unlabelled), beside the training split's inputs."""
     started = time.perf_counter() if started is None else started
     strategy = strategy or get_strategy(request.strategy)
     positive = check_target(request, target)
@@ -51,7 +55,9 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
     config = request.training.config(target.modality, request.seed, request.accelerator,
                                      progress=request.progress is not SILENT)
     ctx = TransferContext(budgeted, config, architecture, spec, source.model if source else None, source_data,
-                          source.classes if source else None, unlabelled=target.train.x, progress=request.progress,
+                          source.classes if source else None,
+                          unlabelled=target.train.x if extra is None else torch.cat([target.train.x, extra.x]),
+                          progress=request.progress,
                           dp=request.dp)
     model = strategy.run(ctx)
     if request.dp is not None and (ctx.fit_result is None or ctx.fit_result.dp is None):
@@ -77,13 +83,14 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
         "positive_rule": positive.how if positive else None, "threshold": decision.point.rule,
         "calibrate": request.calibrate, "id_column": loading.id, "drop": list(loading.drop),
         "text_column": target.info.get("text_column"),
+        **({"unlabelled": extra.record} if extra is not None else {}),
         **({"dp": asdict(request.dp)} if request.dp is not None else {}),
         **({"data_parallel": parallel} if (parallel := distributed.record(config.devices, config.num_nodes)) else {}),
         "strategy_notes": ctx.notes, "versions": versions(),
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     warnings = [*target.info.get("warnings", []), *fit_warnings(fit, source is not None), *dp_warnings(fit),
-                *ctx.warnings, *decision.warnings,
+                *duplicate_warning(extra), *ctx.warnings, *decision.warnings,
                 *test_notes, *filter(None, [signal_warning(spec, target) if source is not None else None])]
     result = RunResult(model, metrics, predictions, resolved, None, budgeted, warnings)
     if out is not None:

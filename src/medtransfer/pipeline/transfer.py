@@ -15,6 +15,7 @@ from .request import TransferRequest
 from .run import check_target, run_transfer
 from .run_folder import RunResult, output_dir
 from .source import load_source_data, resolve_source, source_encoder
+from .unlabelled import load_extra_unlabelled
 
 
 def transfer(request: TransferRequest) -> RunResult:
@@ -37,8 +38,9 @@ def transfer(request: TransferRequest) -> RunResult:
     require_classes(target, request.data)
     check_split_seed(request, target)
     check_target(request, target)  # --positive, --threshold, --calibrate against the task, before any training
+    extra = load_extra_unlabelled(request.unlabelled, target)  # a bad folder refused before any pretraining
     source = resolve_source(request, strategy, target, source_data)
-    return run_transfer(request, target, out, strategy, source, source_data, started)
+    return run_transfer(request, target, out, strategy, source, source_data, started, extra)
 
 
 def check_split_seed(request: TransferRequest, target: TaskDataset) -> None:

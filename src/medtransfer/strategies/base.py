@@ -48,8 +48,9 @@ class TransferContext:
     source_classes: list[str] | None = None  # the source model's own task, when known
     fit_result: FitResult | None = None
     # The target's whole training split without its labels (every example, not only the budgeted
-    # ones): what domain adaptation and prior-shift correction learn from, and what a linear probe's
-    # features are standardised on (`linear_probe.scaling_inputs`). None when not given.
+    # ones), followed by any --unlabelled images (`pipeline.unlabelled`): what domain adaptation and
+    # prior-shift correction learn from, and what a linear probe's features are standardised on
+    # (`linear_probe.scaling_inputs`). None when not given.
     unlabelled: torch.Tensor | None = None
     notes: dict = field(default_factory=dict)  # what a strategy decided (selection split, estimated prior)
     warnings: list[str] = field(default_factory=list)  # what the user must hear about those decisions

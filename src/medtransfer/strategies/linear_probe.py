@@ -29,8 +29,8 @@ def linear_probe(ctx: TransferContext, strategy: str) -> Classifier:
     scale_x = None if pool is None else extract_features(model, pool)
     fit_logistic_head(model, extract_features(model, train.x), train.y.numpy(),
                       extract_features(model, val.x), val.y.numpy(), ctx.target.task, ctx.config, scale_x=scale_x)
-    ctx.notes["feature_scaling"] = (f"features standardised on {len(pool)} of the target's training inputs "
-                                    "(their labels unused)" if pool is not None else
+    ctx.notes["feature_scaling"] = (f"features standardised on {len(pool)} unlabelled target inputs (the training "
+                                    "split's, labels unused, and any --unlabelled images)" if pool is not None else
                                     "features standardised on the labelled training examples")
     return model
 
