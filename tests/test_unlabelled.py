@@ -66,3 +66,31 @@ def test_unlabelled_is_refused_where_it_cannot_serve(target, tmp_path):
     with pytest.raises(MedTransferError, match="2D image targets only"):
         mt.transfer("heart:hungary", "target-only", budget=10, unlabelled=f"folder:{more}", save=False,
                     progress=False, n_boot=10)
+
+
+def test_a_grid_takes_an_unlabelled_folder_per_target_and_names_a_bad_one_before_training(target, tmp_path):
+    import json
+
+    import yaml
+
+    from medtransfer.api import experiment
+    from medtransfer.experiment import load_config
+    data, source, more = target
+    grid = {"name": "u", "targets": [data], "sources": [source], "strategies": ["linear-probe"], "budgets": [4],
+            "seeds": 1, "n_boot": 10, "unlabelled": {data: f"folder:{more}"}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    out = experiment(path, out=tmp_path / "grid", progress=False, report=False)
+    (cell,) = (out / "cells").glob("*/config.json")
+    assert json.loads(cell.read_text())["unlabelled"]["images"] == 10
+
+    for bad, message in (({"folder:elsewhere": f"folder:{more}"}, "is not one of the targets"),
+                         ({data: str(more)}, "is not a folder: spec")):
+        path.write_text(yaml.safe_dump({**grid, "unlabelled": bad}))
+        with pytest.raises(MedTransferError, match=message):
+            load_config(path)
+    path.write_text(yaml.safe_dump({**grid, "name": "v", "unlabelled": {data: f"folder:{tmp_path / 'none'}"}}))
+    with pytest.raises(MedTransferError) as failed:
+        experiment(path, out=tmp_path / "bad", progress=False, report=False)
+    assert "is not a directory" in (tmp_path / "bad" / "results.csv").read_text()  # recorded, nothing trained
+    assert len(failed.value.failed) == 1

@@ -54,6 +54,8 @@ class ExperimentConfig(BaseModel):
     id_column: str | None = None
     drop_columns: list[str] = []
     text_column: str | None = None  # text-csv: targets
+    # More unlabelled images per image target, as `transfer --unlabelled`: {target spec: folder:PATH}.
+    unlabelled: dict[str, str] = {}
     # The clinical evaluation of every cell (see `medtransfer transfer --help`), chosen on validation.
     positive: str | None = None
     threshold: str | float | None = None
@@ -130,6 +132,16 @@ class ExperimentConfig(BaseModel):
                     if str(v) not in [str(a) for a in axes[key]]:
                         raise ValueError(f"skip: {key} {v!r} is not in the grid's {key}s "
                                          f"({', '.join(str(a) for a in axes[key])})")
+        return self
+
+    @model_validator(mode="after")
+    def unlabelled_for_targets(self):
+        """Each unlabelled folder belongs to a target of the grid: a typo would add nothing, silently."""
+        for target, folder in self.unlabelled.items():
+            if target not in self.targets:
+                raise ValueError(f"unlabelled: {target!r} is not one of the targets ({', '.join(self.targets)})")
+            if not folder.startswith("folder:"):
+                raise ValueError(f"unlabelled: {target}: {folder!r} is not a folder: spec; give folder:<path>")
         return self
 
     @model_validator(mode="after")

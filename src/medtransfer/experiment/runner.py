@@ -58,7 +58,7 @@ def cell_request(cell: Cell, out: Path, config: ExperimentConfig, data_root: str
                               train.class_weight, train.sampler, train.layer_decay, train.precision,
                               train.channels_last, train.compile),
         output=Output(out, overwrite=True, weights=config.keep_weights), n_boot=config.n_boot, progress=progress,
-        dp=None if cell.dp == DP_NONE else cell.dp)
+        dp=None if cell.dp == DP_NONE else cell.dp, unlabelled=config.unlabelled.get(cell.target))
 
 
 def run_cell(cell: Cell, out: Path, config: ExperimentConfig, data_root: str | None,

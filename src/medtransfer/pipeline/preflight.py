@@ -23,6 +23,7 @@ from .request import TransferRequest
 from .source import load_source_data, multi_source_input, source_encoder
 from .run import check_target
 from .transfer import check_budget, check_dp, check_split_seed
+from .unlabelled import load_extra_unlabelled
 
 
 def preflight(request: TransferRequest, cache: dict | None = None) -> str | None:
@@ -61,6 +62,9 @@ def check(request: TransferRequest, cache: dict) -> None:
         raise MedTransferError(f"{strategy.name} is a {' or '.join(strategy.modalities)} baseline, but {request.data} "
                                f"is {target.modality}; for {'images' if target.modality.startswith('image') else 'it'} "
                                "use scratch or a transfer strategy")
+    if request.unlabelled is not None:  # read as the target's images once per grid: a bad folder named before training
+        cached(cache, ("unlabelled", request.unlabelled, request.data),
+               lambda: load_extra_unlabelled(request.unlabelled, target).record)  # the images themselves not kept
     if strategy.needs_unlabelled_target and len(target.train) == 0:
         raise MedTransferError(f"{strategy.name} needs unlabelled target examples; the training split of "
                                f"{request.data} is empty")
