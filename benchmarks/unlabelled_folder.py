@@ -54,9 +54,10 @@ def main() -> None:
                             image_size="native", seed=seed, save=False, progress=False, **extra)
                 for extra in ({}, {"unlabelled": f"folder:{folder / 'unlabelled'}"})]
         used = runs[1].config["unlabelled"]
-        print(f"| {seed} | {runs[0].metrics['test']['auc']['value']:.3f} | {runs[1].metrics['test']['auc']['value']:.3f}"
-              f" | {used['images']} used; left out: {used['held_out_duplicates']} identical to validation or test, "
-              f"{used['training_duplicates']} to training images |", flush=True)
+        without, with_ = (run.metrics["test"]["auc"]["value"] for run in runs)
+        print(f"| {seed} | {without:.3f} | {with_:.3f} | {used['images']} used; left out: "
+              f"{used['held_out_duplicates']} identical to validation or test, {used['training_duplicates']} to "
+              "training images |", flush=True)
 
 
 if __name__ == "__main__":

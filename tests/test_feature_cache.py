@@ -244,7 +244,7 @@ def test_a_linear_probe_run_twice_computes_its_features_once(cache, tmp_path, mo
     n_train = first.config["n_train_labels"]  # no budget: every training example labelled
     assert first.config["strategy_notes"]["feature_scaling"] == "features standardised on the labelled training examples"
     assert other_seed.config["strategy_notes"]["feature_scaling"].startswith(
-        f"features standardised on {n_train} unlabelled target inputs (the training split's")  # 8 labels, every input scaled
+        f"features standardised on {n_train} unlabelled target inputs")  # 8 labels, every input scaled
 
 
 # ----------------------------------------------------------------------------- processes sharing a folder

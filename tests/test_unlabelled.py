@@ -29,7 +29,8 @@ def target(tmp_path_factory):
     rng = np.random.default_rng(1)
     (root / "more" / "new").mkdir(parents=True)
     for i in range(10):
-        Image.fromarray(rng.integers(0, 255, (20, 20, 3)).astype(np.uint8), "RGB").save(root / "more" / "new" / f"{i}.png")
+        pixels = rng.integers(0, 255, (20, 20, 3)).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(root / "more" / "new" / f"{i}.png")
     shutil.copytree(root / "images", root / "more" / "copies")
     return data, str(source), root / "more"
 

@@ -86,9 +86,10 @@ def skipped(cell: Cell, entry: dict) -> bool:
 
 def settings_of(config: ExperimentConfig) -> dict:
     """What changes a cell's result besides its coordinates: training, the columns read, the positive class,
-    operating point, calibration, bootstrap and unlabelled folders (the data root and keep_weights do not). A setting at its
-    default is left out, so a grid begun before it was part of the id keeps its cell ids; any other value is
-    another cell, so a grid whose settings changed is refused, never resumed with its old results."""
+    operating point, calibration, bootstrap and unlabelled folders (the data root and keep_weights do not).
+    A setting at its default is left out, so a grid begun before it was part of the id keeps its cell ids;
+    any other value is another cell, so a grid whose settings changed is refused, never resumed with its
+    old results."""
     settings = {"train": config.train.model_dump(), "target_column": config.target_column,
                 "group_column": config.group_column}
     fields = type(config).model_fields
