@@ -407,3 +407,29 @@ def test_cli_exits_2_after_writing_everything_when_a_cell_failed(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "1 of 4 cells failed" in result.stderr
     assert "refused 1 cell before training: budget 100 exceeds the 42 training examples" in result.stdout
     assert (out / "report.html").is_file() and len(pd.read_csv(out / "results.csv")) == 4
+
+
+def test_a_grid_whose_target_files_changed_is_refused_not_resumed_with_stale_cells(tmp_path):
+    """Finished cells record their target's content fingerprint; a re-run after the folder's images changed
+    would report their old numbers beside new ones, so it is refused before the folder is touched."""
+    import yaml
+    from PIL import Image
+
+    from medtransfer.api import experiment
+    from test_feature_cache import write_images
+
+    write_images(tmp_path / "images")
+    grid = {"name": "drift", "targets": [f"folder:{tmp_path / 'images'}"], "strategies": ["scratch"],
+            "backbones": ["test_resnet"], "budgets": ["all"], "seeds": 1, "n_boot": 10,
+            "train": {"epochs": 1, "image_size": 16}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    out = experiment(path, out=tmp_path / "grid", progress=False, report=False)
+    experiment(path, out=out, progress=False, report=False)  # unchanged data: resumed, nothing to run
+    before = (out / "results.csv").read_bytes()
+    Image.new("L", (16, 16), 7).save(tmp_path / "images" / "a" / "new.png")
+    with pytest.raises(MedTransferError, match="changed since finished cells of this folder ran on it"):
+        experiment(path, out=out, progress=False, report=False)
+    assert (out / "results.csv").read_bytes() == before
+    experiment(path, out=out, progress=False, report=False, overwrite=True)  # every cell again, on the new data
+    assert (out / "results.csv").read_bytes() != before

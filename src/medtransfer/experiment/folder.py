@@ -73,13 +73,14 @@ def busy(out: Path) -> str:
 
 
 def claim(out: Path, config: ExperimentConfig, overwrite: bool) -> bool:
-    """Refuse a folder that holds something other than this experiment, unless `overwrite`: then the
-    earlier experiment's files are removed (and nothing else). Returns whether something was replaced."""
+    """Refuse a folder that holds something other than this experiment, unless `overwrite`. With `overwrite`
+    the experiment files in it (another experiment's, or this one's: every cell then runs again) are removed,
+    and nothing else. Returns whether something was replaced."""
     found = other_contents(out, config)
-    if found is None:
-        return False
-    if not overwrite:
+    if found is not None and not overwrite:
         raise MedTransferError(f"{out} {found}; choose another --out, or pass --overwrite to replace it")
+    if found is None and not (overwrite and (out / "config.yaml").is_file()):
+        return False  # an empty folder, or this experiment resumed
     for name in OWN:
         path = out / name
         if path.is_dir():

@@ -33,7 +33,7 @@ from typing import Callable
 
 from ..errors import MedTransferError
 from ..pipeline import DataOptions, Output, TrainOptions, TransferRequest, transfer
-from ..pipeline.preflight import preflight
+from ..pipeline.preflight import data_fingerprint, preflight
 from ..progress import SILENT, Progress, RichProgress, rich_bar
 from ..runs import code_digest, read_json, write_json
 from .config import DP_NONE, NO_SOURCE, ExperimentConfig, load_config
@@ -90,12 +90,32 @@ def _worker(cell: Cell, out: Path, threads: int, *, config: ExperimentConfig, da
 def other_code(cells: list, code: str) -> int:
     """How many finished cells record another medtransfer code digest than `code` (or none: made before it
     was recorded). They are kept, and said: a resume never re-runs finished cells by itself."""
-    return sum(1 for _, folder in cells if done(folder) and _code_of(folder) != code)
+    return sum(1 for _, folder in cells if done(folder) and _recorded(folder, "versions", "medtransfer_code") != code)
 
 
-def _code_of(folder: Path) -> str | None:
+def changed_data(cells: list, config: ExperimentConfig, data_root: str | None, cache: dict) -> str | None:
+    """Why the finished cells' results would be stale (one line), or None: a target whose content fingerprint
+    (files edited, added or removed; another data root) differs from the one its finished cells recorded.
+    Cells run before it was recorded, and data that cannot be loaded now, are not compared."""
+    for cell, folder in cells:
+        recorded = _recorded(folder, "data_fingerprint") if done(folder) else None
+        if recorded is None:
+            continue
+        now = data_fingerprint(cell_request(cell, folder, config, data_root), cache)
+        if now is not None and now != recorded:
+            return (f"the data of {cell.target} changed since finished cells of this folder ran on it (its content "
+                    "fingerprint differs), so their results would be reported beside new ones as if from the same "
+                    "data; pass --overwrite to run every cell again, or choose another --out")
+    return None
+
+
+def _recorded(folder: Path, *keys: str):
+    """A value of the cell's config.json (keys nested), or None when the file or the key is missing."""
     try:
-        return read_json(folder / "config.json")["versions"]["medtransfer_code"]
+        value = read_json(folder / "config.json")
+        for key in keys:
+            value = value[key]
+        return value
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -150,13 +170,16 @@ def run_locked(config: ExperimentConfig, text: str, out: Path, jobs: int, data_r
 
     settings = settings_of(config)
     cells = [(cell, out / "cells" / cell.id(settings)) for cell in grid(config)]
+    loaded = {}  # datasets and sources loaded once, for the data check and the preflight
+    if stale := changed_data(cells, config, data_root, loaded):
+        raise MedTransferError(f"{out}: {stale}")  # before anything in the folder is written
     (out / "config.yaml").write_text(text)
     write_environment(out)
     write_json(out / DEFAULTS, defaults_table())
     for leftover in (out / "cells").glob("*.partial"):  # a cell killed mid-write
         shutil.rmtree(leftover, ignore_errors=True)
     todo = [(c, d) for c, d in cells if not done(d)]
-    refused = preflight_cells(todo, config, data_root)
+    refused = preflight_cells(todo, config, data_root, loaded)
     todo = [(c, d) for c, d in todo if d.name not in refused]
     console.print(f"experiment {config.name}: {len(cells)} cells, {len(cells) - len(todo) - len(refused)} already "
                   f"done, {len(todo)} to run" + (f", {len(refused)} refused" if refused else "") + f" -> {out}",
@@ -220,10 +243,11 @@ def attempt(run: Callable[[], object]) -> BaseException | None:
     return None
 
 
-def preflight_cells(todo: list, config: ExperimentConfig, data_root: str | None) -> dict[str, str]:
+def preflight_cells(todo: list, config: ExperimentConfig, data_root: str | None,
+                    cache: dict | None = None) -> dict[str, str]:
     """cell id -> why it cannot run, for every cell that cannot, checked before any training or
-    pretraining (each dataset loaded once); those cells are recorded as failed and not run."""
-    cache, refused = {}, {}
+    pretraining (each dataset loaded once per `cache`); those cells are recorded as failed and not run."""
+    cache, refused = {} if cache is None else cache, {}
     for cell, folder in todo:
         try:
             reason = preflight(cell_request(cell, folder, config, data_root), cache)

@@ -76,6 +76,16 @@ def check(request: TransferRequest, cache: dict) -> None:
     apply_budget(target, request.budget, request.seed)
 
 
+def data_fingerprint(request: TransferRequest, cache: dict) -> str | None:
+    """The content fingerprint of the target as `request` loads it (encoded like a tabular source), or None
+    when it cannot be loaded now or its loader declares none: then nothing can be compared."""
+    try:
+        source_data = cached(cache, ("source", request.source, request.loading), lambda: load_source_data(request))
+        return load_target(request, source_data, cache).info.get("fingerprint")
+    except Exception:  # noqa: BLE001 (data that cannot be loaded now is preflight's to name, for the cells to run)
+        return None
+
+
 def load_target(request: TransferRequest, source_data: TaskDataset | None, cache: dict) -> TaskDataset:
     """The target as the run loads it (encoded like a tabular source), once per cache."""
     encoder = source_encoder(request.source, source_data)

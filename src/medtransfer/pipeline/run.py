@@ -82,7 +82,7 @@ def run_transfer(request: TransferRequest, target: TaskDataset, out: Path | None
         "classes": target.classes, "task": target.task, "positive": positive.name if positive else None,
         "positive_rule": positive.how if positive else None, "threshold": decision.point.rule,
         "calibrate": request.calibrate, "id_column": loading.id, "drop": list(loading.drop),
-        "text_column": target.info.get("text_column"),
+        "text_column": target.info.get("text_column"), "data_fingerprint": target.info.get("fingerprint"),
         **({"unlabelled": extra.record} if extra is not None else {}),
         **({"dp": asdict(request.dp)} if request.dp is not None else {}),
         **({"data_parallel": parallel} if (parallel := distributed.record(config.devices, config.num_nodes)) else {}),
