@@ -101,7 +101,10 @@ def changed_data(cells: list, config: ExperimentConfig, data_root: str | None, c
         recorded = _recorded(folder, "data_fingerprint") if done(folder) else None
         if recorded is None:
             continue
-        now = data_fingerprint(cell_request(cell, folder, config, data_root), cache)
+        try:
+            now = data_fingerprint(cell_request(cell, folder, config, data_root), cache)
+        except MedTransferError:  # a request refused now is the preflight's to name
+            continue
         if now is not None and now != recorded:
             return (f"the data of {cell.target} changed since finished cells of this folder ran on it (its content "
                     "fingerprint differs), so their results would be reported beside new ones as if from the same "
