@@ -428,7 +428,7 @@ def test_a_grid_whose_target_files_changed_is_refused_not_resumed_with_stale_cel
     experiment(path, out=out, progress=False, report=False)  # unchanged data: resumed, nothing to run
     before = (out / "results.csv").read_bytes()
     Image.new("L", (16, 16), 7).save(tmp_path / "images" / "a" / "new.png")
-    with pytest.raises(MedTransferError, match="changed since finished cells of this folder ran on it"):
+    with pytest.raises(MedTransferError, match=r"content fingerprint\) changed since finished cells of this folder"):
         experiment(path, out=out, progress=False, report=False)
     assert (out / "results.csv").read_bytes() == before
     experiment(path, out=out, progress=False, report=False, overwrite=True)  # every cell again, on the new data

@@ -84,6 +84,11 @@ def test_a_grid_takes_an_unlabelled_folder_per_target_and_names_a_bad_one_before
     out = experiment(path, out=tmp_path / "grid", progress=False, report=False)
     (cell,) = (out / "cells").glob("*/config.json")
     assert json.loads(cell.read_text())["unlabelled"]["images"] == 10
+    experiment(path, out=out, progress=False, report=False)  # unchanged: resumed, nothing to run
+    (more / "new" / "0.png").rename(more / "new" / "renamed.png")  # the unlabelled folder changed
+    with pytest.raises(MedTransferError, match=r"unlabelled images of .* changed since finished cells"):
+        experiment(path, out=out, progress=False, report=False)
+    (more / "new" / "renamed.png").rename(more / "new" / "0.png")
 
     for bad, message in (({"folder:elsewhere": f"folder:{more}"}, "is not one of the targets"),
                          ({data: str(more)}, "is not a folder: spec")):

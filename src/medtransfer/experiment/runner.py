@@ -34,6 +34,7 @@ from typing import Callable
 from ..errors import MedTransferError
 from ..pipeline import DataOptions, Output, TrainOptions, TransferRequest, transfer
 from ..pipeline.preflight import data_fingerprint, preflight
+from ..pipeline.unlabelled import folder_digest
 from ..progress import SILENT, Progress, RichProgress, rich_bar
 from ..runs import code_digest, read_json, write_json
 from .config import DP_NONE, NO_SOURCE, ExperimentConfig, load_config
@@ -95,20 +96,24 @@ def other_code(cells: list, code: str) -> int:
 
 def changed_data(cells: list, config: ExperimentConfig, data_root: str | None, cache: dict) -> str | None:
     """Why the finished cells' results would be stale (one line), or None: a target whose content fingerprint
-    (files edited, added or removed; another data root) differs from the one its finished cells recorded.
-    Cells run before it was recorded, and data that cannot be loaded now, are not compared."""
+    (files edited, added or removed; another data root), or whose `unlabelled:` folder's file list, differs
+    from what its finished cells recorded. Cells run before it was recorded, and data that cannot be loaded
+    now, are not compared."""
+    stale = ("changed since finished cells of this folder ran on it, so their results would be reported beside "
+             "new ones as if from the same data; pass --overwrite to run every cell again, or choose another --out")
     for cell, folder in cells:
-        recorded = _recorded(folder, "data_fingerprint") if done(folder) else None
-        if recorded is None:
+        if not done(folder):
             continue
+        extra, recorded_extra = config.unlabelled.get(cell.target), _recorded(folder, "unlabelled", "files_digest")
+        if extra and recorded_extra and folder_digest(extra) not in (None, recorded_extra):
+            return f"the unlabelled images of {cell.target} ({extra}) {stale}"
+        recorded = _recorded(folder, "data_fingerprint")
         try:
-            now = data_fingerprint(cell_request(cell, folder, config, data_root), cache)
+            now = data_fingerprint(cell_request(cell, folder, config, data_root), cache) if recorded else None
         except MedTransferError:  # a request refused now is the preflight's to name
             continue
         if now is not None and now != recorded:
-            return (f"the data of {cell.target} changed since finished cells of this folder ran on it (its content "
-                    "fingerprint differs), so their results would be reported beside new ones as if from the same "
-                    "data; pass --overwrite to run every cell again, or choose another --out")
+            return f"the data of {cell.target} (its content fingerprint) {stale}"
     return None
 
 

@@ -65,6 +65,14 @@ def load_extra_unlabelled(spec: str | None, target: TaskDataset) -> ExtraUnlabel
     return ExtraUnlabelled(x[keep], record)
 
 
+def folder_digest(spec: str) -> str | None:
+    """The file-list digest of an --unlabelled folder as it is now (paths, sizes, times; nothing decoded),
+    or None when it is no folder of images: what a resumed grid compares with its cells' record."""
+    root = Path(spec[len(SCHEME):]).expanduser()
+    files = image_files(root) if spec.startswith(SCHEME) and root.is_dir() else []
+    return files_digest(files, root) if files else None
+
+
 def duplicate_warning(extra: ExtraUnlabelled | None) -> list[str]:
     """The user hears when images were left out for being the target's validation or test inputs."""
     if extra is None or not extra.record["held_out_duplicates"]:
