@@ -18,8 +18,8 @@ Prints validation AUC (what a choice may be made on) and test AUC, seed means, w
     PYTHONPATH=src .venv/bin/python benchmarks/probe_variants.py --data-root ../shared/data/medmnist
 
 Runtime on 2 CPU cores with the defaults (BreastMNIST, Lite0-2 at their native sizes, 1% and 10%, 3 seeds):
-12 minutes with an empty feature cache (the images and their mirror images through three networks), 8 s with
-the features cached. PneumoniaMNIST (`--data medmnist:pneumoniamnist --no-flip`): 36 minutes cold.
+about 12 minutes with an empty feature cache (the images and their mirror images through three networks: 740 s
+when a prototype of this script computed the same features), 8 s with the features cached. PneumoniaMNIST (`--data medmnist:pneumoniamnist --no-flip`): 36 minutes cold.
 Measured (README, Strategies): no variant reaches BreastMNIST test AUC 0.85 at 10%; the best is 0.840.
 """
 

@@ -64,6 +64,9 @@ def test_unlabelled_is_refused_where_it_cannot_serve(target, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MedTransferError, match="no images"):
         mt.transfer(data, "linear-probe", source=source, unlabelled=f"folder:{tmp_path / 'empty'}", **PROBE)
+    with pytest.raises(MedTransferError, match="'scratch' does not learn from unlabelled images"):
+        mt.transfer(data, "scratch", backbone="test_resnet", image_size=16, epochs=1, unlabelled=f"folder:{more}",
+                    **PROBE)  # a run that would say it had them and ignored them
     with pytest.raises(MedTransferError, match="2D image targets only"):
         mt.transfer("heart:hungary", "target-only", budget=10, unlabelled=f"folder:{more}", save=False,
                     progress=False, n_boot=10)
@@ -77,13 +80,15 @@ def test_a_grid_takes_an_unlabelled_folder_per_target_and_names_a_bad_one_before
     from medtransfer.api import experiment
     from medtransfer.experiment import load_config
     data, source, more = target
-    grid = {"name": "u", "targets": [data], "sources": [source], "strategies": ["linear-probe"], "budgets": [4],
+    grid = {"name": "u", "targets": [data], "sources": [source], "strategies": ["linear-probe", "scratch"],
+            "backbones": ["test_resnet"], "train": {"epochs": 1, "image_size": 16}, "budgets": [4],
             "seeds": 1, "n_boot": 10, "unlabelled": {data: f"folder:{more}"}}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
     out = experiment(path, out=tmp_path / "grid", progress=False, report=False)
-    (cell,) = (out / "cells").glob("*/config.json")
-    assert json.loads(cell.read_text())["unlabelled"]["images"] == 10
+    configs = {c["strategy"]: c for c in (json.loads(p.read_text()) for p in (out / "cells").glob("*/config.json"))}
+    assert configs["linear-probe"]["unlabelled"]["images"] == 10
+    assert "unlabelled" not in configs["scratch"]  # a strategy that reads none runs without the folder
     experiment(path, out=out, progress=False, report=False)  # unchanged: resumed, nothing to run
     (more / "new" / "0.png").rename(more / "new" / "renamed.png")  # the unlabelled folder changed
     with pytest.raises(MedTransferError, match=r"unlabelled images of .* changed since finished cells"):

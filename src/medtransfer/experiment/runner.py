@@ -37,6 +37,7 @@ from ..pipeline.preflight import data_fingerprint, preflight
 from ..pipeline.unlabelled import folder_digest
 from ..progress import SILENT, Progress, RichProgress, rich_bar
 from ..runs import code_digest, read_json, write_json
+from ..strategies import STRATEGIES
 from .config import DP_NONE, NO_SOURCE, ExperimentConfig, load_config
 from .folder import DEFAULTS, claim, folder_lock
 from .grid import Cell, defaults_table, grid, settings_of
@@ -59,7 +60,13 @@ def cell_request(cell: Cell, out: Path, config: ExperimentConfig, data_root: str
                               train.class_weight, train.sampler, train.layer_decay, train.precision,
                               train.channels_last, train.compile),
         output=Output(out, overwrite=True, weights=config.keep_weights), n_boot=config.n_boot, progress=progress,
-        dp=None if cell.dp == DP_NONE else cell.dp, unlabelled=config.unlabelled.get(cell.target))
+        dp=None if cell.dp == DP_NONE else cell.dp, unlabelled=unlabelled_for(cell, config))
+
+
+def unlabelled_for(cell: Cell, config: ExperimentConfig) -> str | None:
+    """The cell's `unlabelled:` folder, for a strategy that reads one (scratch and full cells of the same
+    target run without it, as `transfer` would refuse it for them)."""
+    return config.unlabelled.get(cell.target) if STRATEGIES.lookup(cell.strategy).reads_unlabelled else None
 
 
 def run_cell(cell: Cell, out: Path, config: ExperimentConfig, data_root: str | None,
@@ -91,7 +98,8 @@ def _worker(cell: Cell, out: Path, threads: int, *, config: ExperimentConfig, da
 def other_code(cells: list, code: str) -> int:
     """How many finished cells record another medtransfer code digest than `code` (or none: made before it
     was recorded). They are kept, and said: a resume never re-runs finished cells by itself."""
-    return sum(1 for _, folder in cells if done(folder) and _recorded(folder, "versions", "medtransfer_code") != code)
+    return sum(1 for _, folder in cells if done(folder) and (_config_of(folder).get("versions") or {}).get(
+        "medtransfer_code") != code)
 
 
 def changed_data(cells: list, config: ExperimentConfig, data_root: str | None, cache: dict) -> str | None:
@@ -101,31 +109,32 @@ def changed_data(cells: list, config: ExperimentConfig, data_root: str | None, c
     now, are not compared."""
     stale = ("changed since finished cells of this folder ran on it, so their results would be reported beside "
              "new ones as if from the same data; pass --overwrite to run every cell again, or choose another --out")
+    digests = {}  # each unlabelled folder's file list read once, however many cells use it
     for cell, folder in cells:
-        if not done(folder):
+        record = _config_of(folder) if done(folder) else {}
+        extra, recorded_extra = unlabelled_for(cell, config), (record.get("unlabelled") or {}).get("files_digest")
+        if extra and recorded_extra:
+            now = digests.setdefault(extra, folder_digest(extra))
+            if now is not None and now != recorded_extra:
+                return f"the unlabelled images of {cell.target} ({extra}) {stale}"
+        if not record.get("data_fingerprint"):
             continue
-        extra, recorded_extra = config.unlabelled.get(cell.target), _recorded(folder, "unlabelled", "files_digest")
-        if extra and recorded_extra and folder_digest(extra) not in (None, recorded_extra):
-            return f"the unlabelled images of {cell.target} ({extra}) {stale}"
-        recorded = _recorded(folder, "data_fingerprint")
         try:
-            now = data_fingerprint(cell_request(cell, folder, config, data_root), cache) if recorded else None
+            now = data_fingerprint(cell_request(cell, folder, config, data_root), cache)
         except MedTransferError:  # a request refused now is the preflight's to name
             continue
-        if now is not None and now != recorded:
+        if now is not None and now != record["data_fingerprint"]:
             return f"the data of {cell.target} (its content fingerprint) {stale}"
     return None
 
 
-def _recorded(folder: Path, *keys: str):
-    """A value of the cell's config.json (keys nested), or None when the file or the key is missing."""
+def _config_of(folder: Path) -> dict:
+    """The cell's config.json, or {} when it cannot be read."""
     try:
-        value = read_json(folder / "config.json")
-        for key in keys:
-            value = value[key]
-        return value
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        record = read_json(folder / "config.json")
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 class CellsFailed(MedTransferError):

@@ -64,7 +64,7 @@ def check(request: TransferRequest, cache: dict) -> None:
                                "use scratch or a transfer strategy")
     if request.unlabelled is not None:  # read as the target's images once per grid: a bad folder named before training
         cached(cache, ("unlabelled", request.unlabelled, request.data),
-               lambda: load_extra_unlabelled(request.unlabelled, target).record)  # the images themselves not kept
+               lambda: load_extra_unlabelled(request.unlabelled, target, strategy).record)  # the images themselves not kept
     if strategy.needs_unlabelled_target and len(target.train) == 0:
         raise MedTransferError(f"{strategy.name} needs unlabelled target examples; the training split of "
                                f"{request.data} is empty")

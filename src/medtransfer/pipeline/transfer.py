@@ -38,7 +38,7 @@ def transfer(request: TransferRequest) -> RunResult:
     require_classes(target, request.data)
     check_split_seed(request, target)
     check_target(request, target)  # --positive, --threshold, --calibrate against the task, before any training
-    extra = load_extra_unlabelled(request.unlabelled, target)  # a bad folder refused before any pretraining
+    extra = load_extra_unlabelled(request.unlabelled, target, strategy)  # a bad folder refused before any pretraining
     source = resolve_source(request, strategy, target, source_data)
     return run_transfer(request, target, out, strategy, source, source_data, started, extra)
 

@@ -25,6 +25,7 @@ from ..data.fingerprint import files_digest
 from ..data.folder import IMAGE_EXTENSIONS, decode_images, image_files
 from ..errors import MedTransferError
 from ..models.feature_cache import row_digests
+from ..strategies import STRATEGIES
 
 SCHEME = "folder:"
 FIX = "give --unlabelled folder:<path>, a folder of the target hospital's images (any layout; labels unused)"
@@ -36,9 +37,10 @@ class ExtraUnlabelled:
     record: dict  # what config.json keeps: spec, folder digest, images used, duplicates left out
 
 
-def load_extra_unlabelled(spec: str | None, target: TaskDataset) -> ExtraUnlabelled | None:
+def load_extra_unlabelled(spec: str | None, target: TaskDataset, strategy) -> ExtraUnlabelled | None:
     """The images of `spec` (folder:<path>) as the target's inputs, or None without a spec. Refused (one line)
-    for a target that is not 2D images, a scheme other than folder:, a missing folder or one without images."""
+    for a strategy that would not read them (a run that says it had them but ignored them), a target that is
+    not 2D images, a scheme other than folder:, a missing folder or one without images."""
     if spec is None:
         return None
     if not spec.startswith(SCHEME):
@@ -46,10 +48,13 @@ def load_extra_unlabelled(spec: str | None, target: TaskDataset) -> ExtraUnlabel
     if target.modality != "image2d":
         raise MedTransferError(f"--unlabelled {spec}: extra unlabelled inputs are taken for 2D image targets only, "
                                f"and {target.name} holds {target.modality} data; leave --unlabelled out")
-    root = Path(spec[len(SCHEME):]).expanduser()
+    if not strategy.reads_unlabelled:
+        able = ", ".join(sorted(n for n, cls in STRATEGIES.items() if cls.reads_unlabelled))
+        raise MedTransferError(f"--unlabelled {spec}: strategy {strategy.name!r} does not learn from unlabelled "
+                               f"images, so they would change nothing; use one that does ({able}) or leave it out")
+    root, files = _images(spec)
     if not root.is_dir():
         raise MedTransferError(f"--unlabelled {spec}: {root} is not a directory; {FIX}")
-    files = image_files(root)
     if not files:
         raise MedTransferError(f"--unlabelled {spec}: no images in {root} (types: {', '.join(IMAGE_EXTENSIONS)}); "
                                f"{FIX}")
@@ -68,9 +73,14 @@ def load_extra_unlabelled(spec: str | None, target: TaskDataset) -> ExtraUnlabel
 def folder_digest(spec: str) -> str | None:
     """The file-list digest of an --unlabelled folder as it is now (paths, sizes, times; nothing decoded),
     or None when it is no folder of images: what a resumed grid compares with its cells' record."""
-    root = Path(spec[len(SCHEME):]).expanduser()
-    files = image_files(root) if spec.startswith(SCHEME) and root.is_dir() else []
+    root, files = _images(spec)
     return files_digest(files, root) if files else None
+
+
+def _images(spec: str) -> tuple[Path, list[Path]]:
+    """The folder a folder: spec names, and its image files (none when it is no folder)."""
+    root = Path(spec[len(SCHEME):]).expanduser()
+    return root, image_files(root) if spec.startswith(SCHEME) and root.is_dir() else []
 
 
 def duplicate_warning(extra: ExtraUnlabelled | None) -> list[str]:

@@ -25,6 +25,7 @@ from .base import STRATEGIES, Strategy, TransferContext, register
 @register
 class Auto(Strategy):
     name = "auto"
+    reads_unlabelled = True  # its linear-probe and lp-ft candidates standardise on the unlabelled inputs
     summary = "runs linear-probe, lp-ft, full and l2-sp; keeps the one with the best validation score"
     # Registry names, tried in this order; a tie on validation goes to the earlier (simpler, cheaper) one.
     candidates = ("linear-probe", "lp-ft", "full", "l2-sp")

@@ -95,6 +95,9 @@ class Strategy(ABC):
     needs_source_model = True  # starts from a source model (weights, a run, or a source dataset pretrained first)
     needs_source_data = False  # fits on the labelled source dataset itself: --source must be a dataset
     needs_unlabelled_target = False  # learns from the target's unlabelled training inputs
+    # Reads them when given (`TransferContext.unlabelled`): the linear probe's feature scaling, and every
+    # strategy that needs them. --unlabelled is refused for a strategy that would ignore it.
+    reads_unlabelled = False
     needs_labels = True  # False: works without labelled target examples (--budget 0)
     baseline = False  # a reference transfer methods are compared with, never "the best transfer method"
     uses_backbone = True  # False: the result does not depend on --backbone (logistic-regression baselines)
@@ -113,6 +116,7 @@ class Strategy(ABC):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.unlabelled_ok = not cls.needs_labels  # the older name of the label tag
+        cls.reads_unlabelled = cls.reads_unlabelled or cls.needs_unlabelled_target
 
     @classmethod
     def needs_source(cls) -> bool:

@@ -38,6 +38,7 @@ def linear_probe(ctx: TransferContext, strategy: str) -> Classifier:
 @register
 class LinearProbe(Strategy):
     name = "linear-probe"
+    reads_unlabelled = True  # its probe standardises features on the unlabelled inputs
     summary = ("feature copy: frozen source backbone, features extracted once (standardised on the target's "
                "training inputs), logistic-regression head")
 

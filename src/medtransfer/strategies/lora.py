@@ -21,6 +21,7 @@ def linear_layers(module: nn.Module) -> list[str]:
 @register
 class LoRA(Strategy):
     name = "lora"
+    reads_unlabelled = True  # its probe standardises features on the unlabelled inputs
     summary = ("low-rank adapters (peft) on the backbone's linear layers, head from a linear probe; merged into the "
                "weights at save")
     rank, alpha, dropout = 8, 16, 0.1

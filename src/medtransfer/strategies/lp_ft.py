@@ -7,6 +7,7 @@ from .linear_probe import linear_probe
 @register
 class LinearProbeThenFineTune(Strategy):
     name = "lp-ft"
+    reads_unlabelled = True  # its probe standardises features on the unlabelled inputs
     summary = "linear probe first, then full fine-tuning from it (Kumar et al. 2022)"
     data_parallel = True  # the probe is a deterministic fit every rank repeats; the fine-tuning runs with DDP
 
