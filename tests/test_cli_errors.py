@@ -32,6 +32,7 @@ TO_HUNGARY = ["transfer", "--data", "heart:hungary", "--quiet"]
 HUNGARY = [*TO_HUNGARY, *RUN]
 CSV = ["--target", "y", "--strategy", "target-only", "--quiet"]
 GREY = ["--strategy", "scratch", "--backbone", "test_resnet", "--image-size", "16", "--epochs", "1", "--quiet"]
+PROBE_GREY = ["--strategy", "linear-probe", "--source", "greyrun", "--quiet"]  # a strategy that reads --unlabelled
 MISSING_DEVICE = "mps" if torch.cuda.is_available() else "cuda"  # an accelerator this machine lacks
 
 # (id, command line, a fragment the one error line must hold). Paths are relative to the case's folder.
@@ -57,12 +58,14 @@ CASES = [
     ("shift-unknown-kind", ["transfer", "--data", "shift:wobble:folder:img/grey", *GREY], "unknown shift kind"),
     ("shift-bad-strength", ["transfer", "--data", "shift:gamma:-3:folder:img/grey", *GREY], "strength"),
     ("shift-on-a-table", ["transfer", "--data", "shift:gamma:heart:va", *RUN], "table"),
-    ("unlabelled-missing", ["transfer", "--data", "folder:img/grey", "--unlabelled", "folder:img/nofolder", *GREY],
-     "nofolder"),
-    ("unlabelled-no-scheme", ["transfer", "--data", "folder:img/grey", "--unlabelled", "img/grey", *GREY],
+    ("unlabelled-missing", ["transfer", "--data", "folder:img/grey", "--unlabelled", "folder:img/nofolder",
+                            *PROBE_GREY], "is not a directory"),
+    ("unlabelled-no-scheme", ["transfer", "--data", "folder:img/grey", "--unlabelled", "img/grey", *PROBE_GREY],
      "not a folder: spec"),
     ("unlabelled-no-images", ["transfer", "--data", "folder:img/grey", "--unlabelled", "folder:img/not_images",
-                              *GREY], "no images"),
+                              *PROBE_GREY], "no images"),
+    ("unlabelled-ignored", ["transfer", "--data", "folder:img/grey", "--unlabelled", "folder:img/grey", *GREY],
+     "'scratch' does not learn from unlabelled images"),
     ("unlabelled-on-a-table", [*HUNGARY, "--unlabelled", "folder:img/grey"], "2D image targets only"),
     ("shift-no-dataset", ["transfer", "--data", "shift:gamma", *RUN], "names no dataset"),
     # budgets
